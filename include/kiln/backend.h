@@ -1,0 +1,122 @@
+// The compute backends. A Backend owns one device's memory and runs the ops of a training step
+// on it, in order (one stream). `CpuBackend` (OpenBLAS and loops) is the reference and the
+// fallback; `CudaBackend` (cuBLAS and kiln's kernels) is the product. Both call the same
+// per-element math (kernels/math.h), so CI tests the math the GPU runs.
+//
+// Every op is asynchronous with respect to the host unless it says otherwise. The only blocking
+// device-to-host transfer is `read`, and the backend counts every call, so tests can hold `fit`
+// to its budget of one read per epoch.
+//
+// Matrices are row-major. Unless stated, an op writes its output (`=`), never accumulates.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kiln/ops.h"
+#include "kiln/tensor.h"
+
+namespace kiln {
+
+enum class DeviceKind { kCpu, kCuda };
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+
+    virtual DeviceKind kind() const = 0;
+    // What runs the ops, for the log line: "cpu (OpenBLAS 0.3.21, 2 threads)".
+    virtual std::string description() const = 0;
+    virtual bool supports(DType dtype) const = 0;
+
+    // ---- memory --------------------------------------------------------------------------
+    // Stream-ordered allocation; cheap on both backends, but the training loop allocates nothing.
+    virtual void* allocate(size_t bytes) = 0;
+    virtual void deallocate(void* ptr, size_t bytes) noexcept = 0;
+    // Host to device, ordered before the following ops. The host buffer may be reused at once.
+    virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+    // Device to host, blocking until the bytes are there. Counted in `reads()`.
+    virtual void read(void* dst, const void* src, size_t bytes) = 0;
+    // Device to device, stream-ordered (snapshots, restores).
+    virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+    virtual void fill_zero(const View& x) = 0;
+    // Non-blocking peek for progress displays: starts an asynchronous copy of `bytes` (at most
+    // kPeekBytes) into a host staging area and returns the newest copy that has completed, or
+    // false when none has yet. Never waits, never counted as a read.
+    static constexpr size_t kPeekBytes = 256;
+    virtual bool peek(void* dst, const void* src, size_t bytes) = 0;
+    // Blocks until every queued op has finished (tests, benchmarks, shutdown).
+    virtual void synchronize() = 0;
+
+    // Blocking device-to-host reads since construction.
+    uint64_t reads() const { return reads_; }
+
+    // ---- dense algebra --------------------------------------------------------------------
+    // c(m×n) = alpha · op(a) · op(b) + beta · c, op(x) = x or xᵀ. a is stored m×k (or k×m when
+    // transposed), b k×n (or n×k). Views give the pointers and dtype; their shapes are not used.
+    virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                      const View& a, const View& b, float beta, const View& c) = 0;
+
+    // ---- element-wise and row-wise ops ------------------------------------------------------
+    // z(rows×cols) += bias (broadcast over rows, when bias.data is non-null); then
+    // y = act(z), row-wise for softmax. y may alias z for any activation.
+    virtual void bias_activation_forward(const View& z, const View& bias, const View& y,
+                                         int64_t rows, int64_t cols, ActivationSpec act) = 0;
+    // dz = dy ⊙ act'(z) (the Jacobian-vector product for softmax), from the saved input z and
+    // output y. dz may alias dy.
+    virtual void activation_backward(const View& z, const View& y, const View& dy, const View& dz,
+                                     int64_t rows, int64_t cols, ActivationSpec act) = 0;
+    // db(cols) = column sums of dz(rows×cols).
+    virtual void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) = 0;
+
+    // The loss over `rows` samples: adds the loss sum, the metric sum and the sample count into
+    // acc[slot + AccumulatorSlots::k*] (double), and, when grad.data is non-null, writes
+    // grad = d(mean loss over `grad_rows`)/d(pred). y_true is (rows×1) class indices for the
+    // sparse loss, otherwise (rows×cols) targets.
+    virtual void loss(const LossSpec& spec, const View& pred, const View& y_true,
+                      const View& grad, int64_t rows, int64_t cols, int64_t grad_rows,
+                      const View& acc, int slot) = 0;
+
+    // Dropout with a counter-based RNG: keep = uniform(seed, counter, i) >= rate, y = x·keep/(1-rate),
+    // mask = keep/(1-rate) for the backward pass. Training only.
+    virtual void dropout_forward(const View& x, const View& y, const View& mask, int64_t n,
+                                 float rate, uint64_t seed, uint64_t counter) = 0;
+    // dx = dy ⊙ mask; dx may alias dy.
+    virtual void multiply(const View& a, const View& b, const View& out, int64_t n) = 0;
+
+    // ---- optimizer ------------------------------------------------------------------------
+    // One update of every parameter in the flat buffer; state holds optimizer_state_slots(step)
+    // consecutive arrays of n elements.
+    virtual void optimizer_update(const OptimizerStep& step, const View& params, const View& grads,
+                                  const View& state, int64_t n) = 0;
+
+    // ---- data -----------------------------------------------------------------------------
+    // perm(n, int32) = a permutation of 0..n-1 drawn from (seed, stream): the indices sorted by
+    // a counter-based hash, ties by index, so both backends draw the same permutation.
+    virtual void permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream) = 0;
+    // dst(count×cols) = src rows index[offset .. offset+count). Both src and dst are on the device.
+    virtual void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
+                             int64_t cols, const View& dst) = 0;
+
+protected:
+    uint64_t reads_ = 0;
+};
+
+enum class DeviceChoice { kAuto, kCuda, kCpu };
+
+struct BackendSelection {
+    std::unique_ptr<Backend> backend;
+    // One line for the log: which device was chosen and, for `auto` falling back, why.
+    std::string message;
+};
+
+// `kAuto`: CUDA when a usable GPU is present, otherwise the CPU with the reason. `kCuda` throws
+// kiln::Error with the reason when there is no usable GPU.
+BackendSelection select_backend(DeviceChoice choice);
+
+std::unique_ptr<Backend> make_cpu_backend();
+// Null with `why` filled when kiln was built without CUDA or no usable GPU is present.
+std::unique_ptr<Backend> make_cuda_backend(std::string* why);
+
+}  // namespace kiln

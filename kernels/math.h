@@ -126,54 +126,77 @@ KILN_HD T neg_log_clipped(T p) {
 }
 
 // ---- optimizers (Keras 3's update rules) ---------------------------------------------------
-// One parameter's update. `s0..s2` are its optimizer state slots; unused ones are ignored.
+// One parameter's update per optimizer, with its state slots. The scalars are passed by value
+// so a CPU loop over them vectorises (no aliasing with the arrays it writes).
+template <typename T>
+KILN_HD void sgd_update(T lr, T momentum, bool nesterov, T* p, T g, T* m) {
+    if (momentum != T(0)) {
+        const T v = momentum * *m - lr * g;
+        *m = v;
+        *p += nesterov ? momentum * v - lr * g : v;
+    } else {
+        *p -= lr * g;
+    }
+}
+
+// Adam, and AdamW when decay = weight_decay · learning_rate is non-zero (decoupled, applied
+// before the Adam step as Keras does). alpha = lr · sqrt(1 - beta_2^t) / (1 - beta_1^t).
+template <typename T>
+KILN_HD void adam_update(T beta_1, T beta_2, T epsilon, T alpha, T decay, T* p, T g, T* m, T* v) {
+    T param = *p;
+    param -= param * decay;
+    T mt = *m, vt = *v;
+    mt += (g - mt) * (T(1) - beta_1);
+    vt += (g * g - vt) * (T(1) - beta_2);
+    *m = mt;
+    *v = vt;
+    *p = param - (mt * alpha) / (sqrt(vt) + epsilon);
+}
+
+// RMSprop; `avg` (the mean gradient) is used only when centered, `mom` only with momentum.
+template <typename T>
+KILN_HD void rmsprop_update(T lr, T rho, T momentum, T epsilon, bool centered, T* p, T g, T* vel,
+                            T* mom, T* avg) {
+    const T velocity = rho * *vel + (T(1) - rho) * g * g;
+    *vel = velocity;
+    T denominator = velocity + epsilon;
+    if (centered) {
+        const T a = rho * *avg + (T(1) - rho) * g;
+        *avg = a;
+        denominator = velocity - a * a + epsilon;
+    }
+    const T increment = lr * g / sqrt(denominator);
+    if (momentum > T(0)) {
+        const T m = momentum * *mom + increment;
+        *mom = m;
+        *p -= m;
+    } else {
+        *p -= increment;
+    }
+}
+
+template <typename T>
+KILN_HD T adamw_decay(const OptimizerStep& o) {
+    return o.kind == OptimizerKind::kAdamW ? T(o.weight_decay) * T(o.learning_rate) : T(0);
+}
+
+// The update `o` describes, for one parameter; s0..s2 are its state slots (velocity or
+// momentum first), unused ones ignored.
 template <typename T>
 KILN_HD void optimizer_update(const OptimizerStep& o, T* p, T g, T* s0, T* s1, T* s2) {
     switch (o.kind) {
-        case OptimizerKind::kSGD: {
-            const T lr = T(o.learning_rate);
-            if (o.momentum != 0.0f) {
-                const T m = T(o.momentum) * *s0 - lr * g;
-                *s0 = m;
-                *p += o.nesterov ? T(o.momentum) * m - lr * g : m;
-            } else {
-                *p -= lr * g;
-            }
+        case OptimizerKind::kSGD:
+            sgd_update(T(o.learning_rate), T(o.momentum), o.nesterov, p, g, s0);
             return;
-        }
+        case OptimizerKind::kAdam:
         case OptimizerKind::kAdamW:
-            // Decoupled weight decay, applied before the Adam step as Keras does.
-            *p -= *p * T(o.weight_decay) * T(o.learning_rate);
-            // fall through
-        case OptimizerKind::kAdam: {
-            T m = *s0, v = *s1;
-            m += (g - m) * (T(1) - T(o.beta_1));
-            v += (g * g - v) * (T(1) - T(o.beta_2));
-            *s0 = m;
-            *s1 = v;
-            *p -= (m * T(o.alpha)) / (sqrt(v) + T(o.epsilon));
+            adam_update(T(o.beta_1), T(o.beta_2), T(o.epsilon), T(o.alpha), adamw_decay<T>(o), p,
+                        g, s0, s1);
             return;
-        }
-        case OptimizerKind::kRMSprop: {
-            const T rho = T(o.rho);
-            T vel = rho * *s0 + (T(1) - rho) * g * g;
-            *s0 = vel;
-            T denominator = vel + T(o.epsilon);
-            if (o.centered) {
-                const T avg = rho * *s2 + (T(1) - rho) * g;
-                *s2 = avg;
-                denominator = vel - avg * avg + T(o.epsilon);
-            }
-            const T increment = T(o.learning_rate) * g / sqrt(denominator);
-            if (o.momentum > 0.0f) {
-                const T mom = T(o.momentum) * *s1 + increment;
-                *s1 = mom;
-                *p -= mom;
-            } else {
-                *p -= increment;
-            }
+        case OptimizerKind::kRMSprop:
+            rmsprop_update(T(o.learning_rate), T(o.rho), T(o.momentum), T(o.epsilon), o.centered, p,
+                           g, s0, s1, s2);
             return;
-        }
     }
 }
 

@@ -1,1 +1,902 @@
-// placeholder: being written
+// The Sequential model and its fit loop.
+//
+// One epoch on the device: a permutation, then per step a gather into the fixed batch buffers,
+// forward, the loss (which adds into device accumulators), backward and one optimizer update
+// over the flat parameter buffer; then validation into the same accumulators and one read of
+// them. Nothing in a step waits for the host, and nothing is allocated after setup.
+#include "kiln/model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/math.h"
+#include "kiln/status.h"
+
+namespace kiln {
+namespace {
+
+// Each parameter starts at a multiple of 16 elements (64 bytes) in the flat buffer, so that
+// every view is aligned for vector loads.
+constexpr int64_t kParamAlignment = 16;
+
+int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+std::string snake_case(const std::string& class_name) {
+    std::string out;
+    for (size_t i = 0; i < class_name.size(); ++i) {
+        const char ch = class_name[i];
+        if (std::isupper(static_cast<unsigned char>(ch))) {
+            if (i > 0) out += '_';
+            out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        } else {
+            out += ch;
+        }
+    }
+    return out;
+}
+
+// ---- weight initialisers (Keras's definitions, kiln's counter-based draws) ----------------
+struct Fans {
+    double in = 1, out = 1;
+};
+
+Fans compute_fans(const Shape& shape) {
+    Fans f;
+    if (shape.size() == 1) {
+        f.in = f.out = static_cast<double>(shape[0]);
+    } else if (shape.size() == 2) {
+        f.in = static_cast<double>(shape[0]);
+        f.out = static_cast<double>(shape[1]);
+    } else if (shape.size() > 2) {
+        // Convolution kernels (..., in, out): the receptive field multiplies both fans.
+        double receptive = 1;
+        for (size_t i = 0; i + 2 < shape.size(); ++i) receptive *= static_cast<double>(shape[i]);
+        f.in = static_cast<double>(shape[shape.size() - 2]) * receptive;
+        f.out = static_cast<double>(shape[shape.size() - 1]) * receptive;
+    }
+    return f;
+}
+
+// Uniform in [0, 1) with 53 bits, from the counter-based hash.
+double uniform53(uint64_t seed, uint64_t stream, uint64_t i) {
+    return static_cast<double>(math::hash3(seed, stream, i) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// A standard normal draw by Box-Muller; `truncated` redraws beyond two standard deviations, as
+// Keras's TruncatedNormal does.
+double normal(uint64_t seed, uint64_t stream, uint64_t i, bool truncated) {
+    for (uint64_t attempt = 0;; ++attempt) {
+        const uint64_t k = (i * 64 + attempt) * 2;
+        const double u1 = 1.0 - uniform53(seed, stream, k);  // in (0, 1]
+        const double u2 = uniform53(seed, stream, k + 1);
+        const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+        if (!truncated || std::fabs(z) <= 2.0 || attempt == 63) return z;
+    }
+}
+
+std::vector<float> initial_values(const ParamInfo& p, uint64_t seed, uint64_t stream) {
+    const int64_t n = shape_elements(p.shape);
+    std::vector<float> v(static_cast<size_t>(n));
+    const Fans f = compute_fans(p.shape);
+    // Keras scales a truncated normal's stddev by this so the truncated draw has the asked-for
+    // variance.
+    constexpr double kTruncatedStd = 0.87962566103423978;
+    double limit = 0, stddev = 0;
+    bool use_normal = false, truncated = false;
+    const std::string& init = p.initializer;
+    if (init == "zeros" || init == "ones") {
+        std::fill(v.begin(), v.end(), init == "ones" ? 1.0f : 0.0f);
+        return v;
+    } else if (init == "glorot_uniform") {
+        limit = std::sqrt(6.0 / (f.in + f.out));
+    } else if (init == "he_uniform") {
+        limit = std::sqrt(6.0 / f.in);
+    } else if (init == "lecun_uniform") {
+        limit = std::sqrt(3.0 / f.in);
+    } else if (init == "random_uniform") {
+        limit = 0.05;
+    } else if (init == "glorot_normal") {
+        use_normal = truncated = true;
+        stddev = std::sqrt(2.0 / (f.in + f.out)) / kTruncatedStd;
+    } else if (init == "he_normal") {
+        use_normal = truncated = true;
+        stddev = std::sqrt(2.0 / f.in) / kTruncatedStd;
+    } else if (init == "lecun_normal") {
+        use_normal = truncated = true;
+        stddev = std::sqrt(1.0 / f.in) / kTruncatedStd;
+    } else if (init == "random_normal") {
+        use_normal = true;
+        stddev = 0.05;
+    } else {
+        throw Error("unknown initializer '" + init + "' for weight '" + p.name + "'");
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        const double x = use_normal ? stddev * normal(seed, stream, uint64_t(i), truncated)
+                                    : limit * (2.0 * uniform53(seed, stream, uint64_t(i)) - 1.0);
+        v[static_cast<size_t>(i)] = static_cast<float>(x);
+    }
+    return v;
+}
+
+// Host floats into a device buffer of the model's dtype.
+void upload_values(Backend& backend, const View& dst, const float* src, int64_t n) {
+    if (dst.dtype == DType::kFloat32) {
+        backend.upload(dst.data, src, static_cast<size_t>(n) * sizeof(float));
+    } else {
+        std::vector<double> wide(src, src + n);
+        backend.upload(dst.data, wide.data(), wide.size() * sizeof(double));
+    }
+}
+
+std::vector<float> read_values(Backend& backend, const View& src, int64_t n) {
+    std::vector<float> out(static_cast<size_t>(n));
+    if (src.dtype == DType::kFloat32) {
+        backend.read(out.data(), src.data, out.size() * sizeof(float));
+    } else {
+        std::vector<double> wide(static_cast<size_t>(n));
+        backend.read(wide.data(), src.data, wide.size() * sizeof(double));
+        std::copy(wide.begin(), wide.end(), out.begin());
+    }
+    return out;
+}
+
+}  // namespace
+
+// The device buffers of one batch size: inputs, targets, each layer's output, two gradient
+// buffers used in turn, the permutation and the accumulators.
+struct Sequential::Buffers {
+    int64_t capacity = 0;
+    Tensor x, y;                  // (capacity × inputs), (capacity × target columns)
+    std::vector<Tensor> outputs;  // one per layer that does not alias its input
+    std::vector<View> output_views;
+    Tensor grad_a, grad_b;  // (capacity × widest layer)
+    Tensor acc;             // double[2 * AccumulatorSlots::kPerSet]: training, validation
+};
+
+Sequential::Sequential(std::vector<LayerPtr> layers, layers::Input input, std::string name)
+    : name_(std::move(name)), input_shape_(std::move(input.shape)), layers_(std::move(layers)) {
+    build();
+}
+
+Sequential::Sequential(const ModelConfig& config) : name_(config.name) {
+    if (config.layers.empty() || config.layers[0].class_name != "InputLayer") {
+        throw Error("model '" + config.name + "': the first layer must be an InputLayer");
+    }
+    input_shape_ = config.layers[0].input_shape;
+    for (size_t i = 1; i < config.layers.size(); ++i) {
+        layers_.push_back(layer_from_config(config.layers[i]));
+    }
+    build();
+}
+
+Sequential::~Sequential() { release_device_state(); }
+
+void Sequential::release_device_state() {
+    for (auto& layer : layers_) {
+        layer->release_buffers();
+        layer->bind({}, {});
+    }
+    buffers_.reset();
+    layer_inputs_.clear();
+    params_ = Tensor();
+    grads_ = Tensor();
+    opt_state_ = Tensor();
+}
+
+void Sequential::build() {
+    if (input_shape_.empty()) throw Error("model '" + name_ + "': the input shape is empty");
+    for (int64_t d : input_shape_) {
+        if (d <= 0) {
+            throw Error("model '" + name_ + "': invalid input shape " + shape_string(input_shape_));
+        }
+    }
+    if (layers_.empty()) throw Error("model '" + name_ + "' has no layers");
+    // Keras's automatic names: dense, dense_1, dense_2, ...
+    std::map<std::string, int> seen;
+    for (const auto& layer : layers_) {
+        if (!layer->name().empty()) seen[layer->name()]++;
+    }
+    std::map<std::string, int> counters;
+    for (auto& layer : layers_) {
+        if (!layer->name().empty()) continue;
+        const std::string base = snake_case(layer->class_name());
+        std::string candidate;
+        do {
+            const int k = counters[base]++;
+            candidate = k == 0 ? base : base + "_" + std::to_string(k);
+        } while (seen.count(candidate));
+        seen[candidate]++;
+        layer->set_name(candidate);
+    }
+    for (const auto& [layer_name, count] : seen) {
+        if (count > 1) throw Error("model '" + name_ + "': two layers are named '" + layer_name + "'");
+    }
+    Shape shape = input_shape_;
+    for (auto& layer : layers_) shape = layer->build(shape);
+}
+
+const Shape& Sequential::output_shape() const { return layers_.back()->output_shape(); }
+
+Backend& Sequential::backend() const {
+    if (!backend_) throw Error("model '" + name_ + "' is not compiled: call compile() first");
+    return *backend_;
+}
+
+void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
+                         const std::vector<std::string>& metrics, const CompileOptions& options) {
+    const int64_t outputs = shape_elements(output_shape());
+    const bool categorical = loss.kind == LossKind::kSparseCategoricalCrossentropy ||
+                             loss.kind == LossKind::kCategoricalCrossentropy;
+    if (categorical && outputs < 2) {
+        throw Error("loss " + loss.name() + " needs at least 2 outputs; the model has " +
+                    std::to_string(outputs));
+    }
+    if (metrics.size() > 1) {
+        throw Error("kiln computes one metric per model for now; got " +
+                    std::to_string(metrics.size()));
+    }
+    LossSpec spec;
+    spec.kind = loss.kind;
+    spec.from_logits = loss.from_logits;
+    const int64_t target_cols = loss.kind == LossKind::kSparseCategoricalCrossentropy ? 1 : outputs;
+    metric_name_.clear();
+    if (!metrics.empty()) {
+        spec.metric = metric_from_name(metrics[0], target_cols, outputs);
+        metric_name_ = metrics[0] == "acc" ? "accuracy" : metrics[0];
+    }
+    // A final softmax before a categorical cross-entropy, or a sigmoid before a binary one, is
+    // left to the loss, which differentiates the pair in one stable step (p - y).
+    const Activation last = layers_.back()->final_activation();
+    spec.fused_output = !loss.from_logits &&
+                        ((categorical && last == Activation::kSoftmax) ||
+                         (loss.kind == LossKind::kBinaryCrossentropy && last == Activation::kSigmoid));
+    for (auto& layer : layers_) layer->set_fused_output(false);
+    layers_.back()->set_fused_output(spec.fused_output);
+
+    BackendSelection selection = select_backend(options.device);
+    if (!selection.backend->supports(options.dtype)) {
+        throw Error(std::string("compile: the ") + selection.backend->description() +
+                    " backend does not support dtype " + dtype_name(options.dtype));
+    }
+    release_device_state();
+    backend_ = std::move(selection.backend);
+    device_message_ = selection.message;
+    if (options.log) std::fprintf(options.log, "kiln: %s\n", device_message_.c_str());
+    dtype_ = options.dtype;
+    optimizer_ = optimizer;
+    loss_ = loss;
+    loss_spec_ = spec;
+    seed_ = options.seed;
+    iterations_ = 0;
+    stop_training = false;
+
+    // Lay out every parameter in one flat buffer and initialise it.
+    int64_t offset = 0;
+    std::vector<std::vector<std::pair<int64_t, ParamInfo>>> layout(layers_.size());
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        for (const ParamInfo& p : layers_[i]->param_info()) {
+            layout[i].emplace_back(offset, p);
+            offset = align_up(offset + shape_elements(p.shape), kParamAlignment);
+        }
+    }
+    n_params_ = std::max<int64_t>(offset, 1);
+    params_ = Tensor(*backend_, {n_params_}, dtype_);
+    grads_ = Tensor(*backend_, {n_params_}, dtype_);
+    backend_->fill_zero(params_.view());
+    backend_->fill_zero(grads_.view());  // the padding's gradient stays zero for ever
+    const int slots = optimizer_state_slots(optimizer_.hyper);
+    opt_state_ = Tensor(*backend_, {std::max<int64_t>(slots * n_params_, 1)}, dtype_);
+    backend_->fill_zero(opt_state_.view());
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        std::vector<View> p_views, g_views;
+        for (size_t j = 0; j < layout[i].size(); ++j) {
+            const auto& [off, info] = layout[i][j];
+            p_views.push_back(params_.view().slice(off, info.shape));
+            g_views.push_back(grads_.view().slice(off, info.shape));
+            const std::vector<float> init = initial_values(info, seed_, i * 16 + j);
+            upload_values(*backend_, p_views.back(), init.data(), shape_elements(info.shape));
+        }
+        layers_[i]->bind(std::move(p_views), std::move(g_views));
+    }
+}
+
+void Sequential::ensure_buffers(int64_t batch) {
+    if (buffers_ && buffers_->capacity >= batch) return;
+    Backend& b = backend();
+    auto buf = std::make_unique<Buffers>();
+    buf->capacity = batch;
+    const int64_t inputs = shape_elements(input_shape_);
+    const int64_t target_cols = loss_.kind == LossKind::kSparseCategoricalCrossentropy
+                                    ? 1
+                                    : shape_elements(output_shape());
+    buf->x = Tensor(b, {batch, inputs}, dtype_);
+    buf->y = Tensor(b, {batch, target_cols}, dtype_);
+    int64_t widest = inputs;
+    View previous = buf->x.view();
+    for (auto& layer : layers_) {
+        const int64_t width = shape_elements(layer->output_shape());
+        widest = std::max(widest, width);
+        if (layer->aliases_input()) {
+            View v = previous;
+            v.shape = {batch, width};
+            buf->output_views.push_back(v);
+        } else {
+            buf->outputs.emplace_back(b, Shape{batch, width}, dtype_);
+            buf->output_views.push_back(buf->outputs.back().view());
+        }
+        previous = buf->output_views.back();
+        layer->allocate(b, batch, dtype_);
+    }
+    buf->grad_a = Tensor(b, {batch, widest}, dtype_);
+    buf->grad_b = Tensor(b, {batch, widest}, dtype_);
+    buf->acc = Tensor(b, {2 * AccumulatorSlots::kPerSet}, DType::kFloat64);
+    buffers_ = std::move(buf);
+    layer_inputs_.assign(layers_.size(), View{});
+}
+
+View Sequential::forward(const StepContext& ctx, const View& input, int64_t n) {
+    View x = input;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        View y = buffers_->output_views[i].first_rows(n);
+        if (layers_[i]->aliases_input()) {
+            y.data = x.data;  // the input may be a slice of the dataset, not the batch buffer
+        } else {
+            layers_[i]->forward(ctx, x, y, n);
+        }
+        layer_inputs_[i] = x;
+        x = y;
+    }
+    return x;
+}
+
+void Sequential::backward(const StepContext& ctx, int64_t n) {
+    View dy = buffers_->grad_a.view();
+    View spare = buffers_->grad_b.view();
+    for (size_t k = layers_.size(); k-- > 0;) {
+        Layer& layer = *layers_[k];
+        if (layer.aliases_input()) continue;  // same bytes, same gradient
+        View dx = k == 0 ? View{nullptr, dtype_, {}} : spare;
+        View out = buffers_->output_views[k].first_rows(n);
+        layer.backward(ctx, layer_inputs_[k], out, dy, dx, n);
+        std::swap(dy, spare);
+    }
+}
+
+void Sequential::check_inputs(const data::Array& x, const char* what) const {
+    const int64_t per_sample = shape_elements(input_shape_);
+    if (x.rows() == 0) throw Error(std::string(what) + " (" + x.source + ") has no samples");
+    if (x.cols() != per_sample) {
+        throw Error(std::string(what) + " (" + x.source + "): each sample has " +
+                    std::to_string(x.cols()) + " values, but model '" + name_ +
+                    "' takes inputs of shape " + shape_string(input_shape_) + " (" +
+                    std::to_string(per_sample) + " values)");
+    }
+}
+
+void Sequential::check_targets(const data::Array& y, int64_t rows, const char* what) const {
+    const std::string where = std::string(what) + " (" + y.source + ")";
+    if (y.rows() != rows) {
+        throw Error(where + " has " + std::to_string(y.rows()) + " rows but the inputs have " +
+                    std::to_string(rows));
+    }
+    const int64_t outputs = shape_elements(output_shape());
+    if (loss_.kind == LossKind::kSparseCategoricalCrossentropy) {
+        if (y.cols() != 1) {
+            throw Error(where + ": sparse_categorical_crossentropy takes one class index per "
+                        "sample, got " + std::to_string(y.cols()) + " columns");
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+            const float v = y.values[static_cast<size_t>(r)];
+            if (!(v >= 0.0f && v < static_cast<float>(outputs)) || v != std::floor(v)) {
+                std::ostringstream msg;
+                msg << where << ": label " << v << " at row " << r << " is not one of the "
+                    << outputs << " classes (0.." << outputs - 1 << ") of the model's output";
+                throw Error(msg.str());
+            }
+        }
+    } else if (y.cols() != outputs) {
+        throw Error(where + ": " + loss_.name() + " needs " + std::to_string(outputs) +
+                    " target values per sample (the model's outputs), got " +
+                    std::to_string(y.cols()));
+    }
+}
+
+namespace {
+
+int64_t target_columns(const Loss& loss, int64_t outputs) {
+    return loss.kind == LossKind::kSparseCategoricalCrossentropy ? 1 : outputs;
+}
+
+}  // namespace
+
+void Sequential::evaluate_on_device(const View& x, const View& y, int64_t rows, int64_t batch,
+                                    int slot) {
+    Backend& b = backend();
+    const int64_t in = shape_elements(input_shape_);
+    const int64_t outputs = shape_elements(output_shape());
+    const int64_t yc = target_columns(loss_, outputs);
+    StepContext ctx{&b, /*training=*/false, /*want_logits=*/true, seed_, uint64_t(iterations_)};
+    for (int64_t offset = 0; offset < rows; offset += batch) {
+        const int64_t n = std::min(batch, rows - offset);
+        const View out = forward(ctx, x.slice(offset * in, {n, in}), n);
+        b.loss(loss_spec_, out, y.slice(offset * yc, {n, yc}), View{nullptr, dtype_, {}}, n,
+               outputs, n, buffers_->acc.view(), slot);
+    }
+}
+
+Logs Sequential::logs_from(const double* acc, int slot, const std::string& prefix) const {
+    Logs logs;
+    const double count = acc[slot + AccumulatorSlots::kCount];
+    logs.set(prefix + "loss", acc[slot + AccumulatorSlots::kLossSum] / count);
+    if (!metric_name_.empty()) {
+        logs.set(prefix + metric_name_, acc[slot + AccumulatorSlots::kMetricSum] / count);
+    }
+    return logs;
+}
+
+History Sequential::fit(const data::Array& x, const data::Array& y, const FitArgs& args) {
+    Backend& b = backend();
+
+    // Check everything before any work starts.
+    if (args.batch_size <= 0) throw Error("fit: batch_size must be positive");
+    if (args.epochs < 0 || args.initial_epoch < 0 || args.initial_epoch > args.epochs) {
+        throw Error("fit: need 0 <= initial_epoch <= epochs, got initial_epoch " +
+                    std::to_string(args.initial_epoch) + ", epochs " + std::to_string(args.epochs));
+    }
+    if (!(args.validation_split >= 0.0 && args.validation_split < 1.0)) {
+        throw Error("fit: validation_split must be in [0, 1), got " +
+                    std::to_string(args.validation_split));
+    }
+    check_inputs(x, "x");
+    check_targets(y, x.rows(), "y");
+    const int64_t in = shape_elements(input_shape_);
+    const int64_t outputs = shape_elements(output_shape());
+    const int64_t yc = target_columns(loss_, outputs);
+    int64_t n_train = x.rows();
+    int64_t n_val = 0;
+    const float* val_x = nullptr;
+    const float* val_y = nullptr;
+    if (args.validation_data) {
+        check_inputs(args.validation_data->x, "validation_data x");
+        check_targets(args.validation_data->y, args.validation_data->x.rows(), "validation_data y");
+        n_val = args.validation_data->x.rows();
+        val_x = args.validation_data->x.values.data();
+        val_y = args.validation_data->y.values.data();
+    } else if (args.validation_split > 0.0) {
+        // Keras: the first ceil(n · (1 - split)) samples train, the rest validate, unshuffled.
+        n_train = static_cast<int64_t>(
+            std::ceil(static_cast<double>(x.rows()) * (1.0 - args.validation_split)));
+        n_val = x.rows() - n_train;
+        if (n_val == 0 || n_train == 0) {
+            throw Error("fit: validation_split " + std::to_string(args.validation_split) +
+                        " of " + std::to_string(x.rows()) + " samples leaves " +
+                        (n_val == 0 ? "no validation samples" : "no training samples"));
+        }
+        val_x = x.values.data() + n_train * in;
+        val_y = y.values.data() + n_train * yc;
+    }
+
+    // The dataset goes to the device once and stays there.
+    Tensor x_train(b, {n_train, in}, dtype_), y_train(b, {n_train, yc}, dtype_);
+    upload_values(b, x_train.view(), x.values.data(), n_train * in);
+    upload_values(b, y_train.view(), y.values.data(), n_train * yc);
+    Tensor x_val, y_val;
+    if (n_val > 0) {
+        x_val = Tensor(b, {n_val, in}, dtype_);
+        y_val = Tensor(b, {n_val, yc}, dtype_);
+        upload_values(b, x_val.view(), val_x, n_val * in);
+        upload_values(b, y_val.view(), val_y, n_val * yc);
+    }
+    ensure_buffers(args.batch_size);
+    Tensor perm(b, {n_train}, DType::kInt32);
+    if (!args.shuffle) {
+        std::vector<int32_t> identity(static_cast<size_t>(n_train));
+        for (int64_t i = 0; i < n_train; ++i) identity[static_cast<size_t>(i)] = int32_t(i);
+        perm.copy_from_host(identity.data());
+    }
+
+    // Callbacks: the progress bar first, so its epoch line comes before the others' messages;
+    // History last, as Keras adds it.
+    const int64_t steps = (n_train + args.batch_size - 1) / args.batch_size;
+    auto history = std::make_shared<History>();
+    std::vector<CallbackPtr> callbacks;
+    if (args.verbose > 0) callbacks.push_back(std::make_shared<ProgbarLogger>());
+    callbacks.insert(callbacks.end(), args.callbacks.begin(), args.callbacks.end());
+    callbacks.push_back(history);
+    bool want_batch_logs = false;
+    for (auto& cb : callbacks) {
+        cb->set_model(this);
+        cb->set_params(args.epochs, steps, args.verbose);
+        want_batch_logs = want_batch_logs || cb->wants_batch_logs();
+    }
+
+    stop_training = false;
+    Logs logs;
+    for (auto& cb : callbacks) cb->on_train_begin(logs);
+    const View acc = buffers_->acc.view();
+    const View x_buf = buffers_->x.view(), y_buf = buffers_->y.view();
+    for (int epoch = args.initial_epoch; epoch < args.epochs && !stop_training; ++epoch) {
+        for (auto& cb : callbacks) cb->on_epoch_begin(epoch, Logs());
+        if (args.shuffle) b.permutation(perm.view(), n_train, seed_, uint64_t(epoch));
+        b.fill_zero(acc);
+
+        for (int64_t step = 0; step < steps; ++step) {
+            const int64_t offset = step * args.batch_size;
+            const int64_t rows = std::min(args.batch_size, n_train - offset);
+            for (auto& cb : callbacks) cb->on_train_batch_begin(step, Logs());
+            b.gather_rows(x_train.view(), perm.view(), offset, rows, in, x_buf);
+            b.gather_rows(y_train.view(), perm.view(), offset, rows, yc, y_buf);
+            train_step(rows);
+            Logs batch_logs;
+            if (want_batch_logs) {
+                double running[AccumulatorSlots::kPerSet];
+                if (b.peek(running, acc.data, sizeof(running))) {
+                    batch_logs = logs_from(running, 0, "");
+                }
+            }
+            for (auto& cb : callbacks) cb->on_train_batch_end(step, batch_logs);
+        }
+
+        if (n_val > 0) {
+            for (auto& cb : callbacks) cb->on_test_begin(Logs());
+            evaluate_on_device(x_val.view(), y_val.view(), n_val, args.batch_size,
+                               AccumulatorSlots::kPerSet);
+        }
+        // The epoch's one read: training and validation sums together.
+        double sums[2 * AccumulatorSlots::kPerSet];
+        b.read(sums, acc.data, sizeof(sums));
+        logs = logs_from(sums, 0, "");
+        if (n_val > 0) {
+            const Logs val = logs_from(sums, AccumulatorSlots::kPerSet, "val_");
+            for (auto& cb : callbacks) cb->on_test_end(val);
+            for (const auto& [key, value] : val.items()) logs.set(key, value);
+        }
+        for (auto& cb : callbacks) cb->on_epoch_end(epoch, logs);
+    }
+    for (auto& cb : callbacks) cb->on_train_end(logs);
+    return *history;
+}
+
+void Sequential::train_step(int64_t rows) {
+    Backend& b = *backend_;
+    const int64_t outputs = shape_elements(output_shape());
+    StepContext ctx{&b, /*training=*/true, /*want_logits=*/true, seed_, uint64_t(iterations_)};
+    const View out = forward(ctx, buffers_->x.view().first_rows(rows), rows);
+    b.loss(loss_spec_, out, buffers_->y.view().first_rows(rows), buffers_->grad_a.view(), rows,
+           outputs, rows, buffers_->acc.view(), 0);
+    backward(ctx, rows);
+
+    // Keras's step count starts at 1 for the first update; Adam's bias correction is folded
+    // into one step size on the host, so the update kernel stays a pure per-element function.
+    ++iterations_;
+    OptimizerStep step = optimizer_.hyper;
+    if (step.kind == OptimizerKind::kAdam || step.kind == OptimizerKind::kAdamW) {
+        const double t = static_cast<double>(iterations_);
+        step.alpha = static_cast<float>(step.learning_rate *
+                                        std::sqrt(1.0 - std::pow(double(step.beta_2), t)) /
+                                        (1.0 - std::pow(double(step.beta_1), t)));
+    }
+    b.optimizer_update(step, params_.view(), grads_.view(), opt_state_.view(), n_params_);
+}
+
+Logs Sequential::evaluate(const data::Array& x, const data::Array& y, int64_t batch_size,
+                          int verbose) {
+    Backend& b = backend();
+    if (batch_size <= 0) throw Error("evaluate: batch_size must be positive");
+    check_inputs(x, "x");
+    check_targets(y, x.rows(), "y");
+    const int64_t in = shape_elements(input_shape_);
+    const int64_t yc = target_columns(loss_, shape_elements(output_shape()));
+    const auto start = std::chrono::steady_clock::now();
+    Tensor xd(b, {x.rows(), in}, dtype_), yd(b, {x.rows(), yc}, dtype_);
+    upload_values(b, xd.view(), x.values.data(), x.rows() * in);
+    upload_values(b, yd.view(), y.values.data(), x.rows() * yc);
+    ensure_buffers(batch_size);
+    b.fill_zero(buffers_->acc.view());
+    evaluate_on_device(xd.view(), yd.view(), x.rows(), batch_size, 0);
+    double sums[AccumulatorSlots::kPerSet];
+    b.read(sums, buffers_->acc.data(), sizeof(sums));
+    Logs logs = logs_from(sums, 0, "");
+    if (verbose > 0) {
+        const int64_t steps = (x.rows() + batch_size - 1) / batch_size;
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        std::string line = std::to_string(steps) + "/" + std::to_string(steps) + " [" +
+                           std::string(30, '=') + "] - " + std::to_string(long(seconds)) + "s";
+        for (const auto& [key, value] : logs.items()) line += " - " + key + ": " + format_metric(value);
+        std::printf("%s\n", line.c_str());
+    }
+    return logs;
+}
+
+data::Array Sequential::predict(const data::Array& x, int64_t batch_size) {
+    Backend& b = backend();
+    if (batch_size <= 0) throw Error("predict: batch_size must be positive");
+    check_inputs(x, "x");
+    const int64_t in = shape_elements(input_shape_);
+    const int64_t outputs = shape_elements(output_shape());
+    Tensor xd(b, {x.rows(), in}, dtype_);
+    upload_values(b, xd.view(), x.values.data(), x.rows() * in);
+    Tensor out(b, {x.rows(), outputs}, dtype_);
+    ensure_buffers(batch_size);
+    StepContext ctx{&b, /*training=*/false, /*want_logits=*/false, seed_, uint64_t(iterations_)};
+    const size_t elem = dtype_size(dtype_);
+    for (int64_t offset = 0; offset < x.rows(); offset += batch_size) {
+        const int64_t n = std::min(batch_size, x.rows() - offset);
+        const View y = forward(ctx, xd.view().slice(offset * in, {n, in}), n);
+        b.copy(out.view().slice(offset * outputs, {n, outputs}).data, y.data,
+               static_cast<size_t>(n * outputs) * elem);
+    }
+    data::Array result;
+    result.shape = {x.rows(), outputs};
+    result.values = read_values(b, out.view(), x.rows() * outputs);
+    result.source = "predictions of " + name_;
+    return result;
+}
+
+// ---- gradient checks ---------------------------------------------------------------------
+
+double Sequential::compute_gradients(const data::Array& x, const data::Array& y) {
+    Backend& b = backend();
+    check_inputs(x, "x");
+    check_targets(y, x.rows(), "y");
+    const int64_t n = x.rows();
+    const int64_t in = shape_elements(input_shape_);
+    const int64_t outputs = shape_elements(output_shape());
+    const int64_t yc = target_columns(loss_, outputs);
+    ensure_buffers(n);
+    upload_values(b, buffers_->x.view(), x.values.data(), n * in);
+    upload_values(b, buffers_->y.view(), y.values.data(), n * yc);
+    b.fill_zero(buffers_->acc.view());
+    StepContext ctx{&b, /*training=*/true, /*want_logits=*/true, seed_, uint64_t(iterations_)};
+    const View out = forward(ctx, buffers_->x.view().first_rows(n), n);
+    b.loss(loss_spec_, out, buffers_->y.view().first_rows(n), buffers_->grad_a.view(), n, outputs,
+           n, buffers_->acc.view(), 0);
+    backward(ctx, n);
+    double sums[AccumulatorSlots::kPerSet];
+    b.read(sums, buffers_->acc.data(), sizeof(sums));
+    return sums[AccumulatorSlots::kLossSum] / sums[AccumulatorSlots::kCount];
+}
+
+namespace {
+
+std::vector<double> read_doubles(Backend& b, const Tensor& t) {
+    std::vector<double> out(static_cast<size_t>(t.elements()));
+    if (t.dtype() == DType::kFloat64) {
+        b.read(out.data(), t.data(), t.bytes());
+    } else {
+        std::vector<float> narrow(out.size());
+        b.read(narrow.data(), t.data(), t.bytes());
+        std::copy(narrow.begin(), narrow.end(), out.begin());
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<double> Sequential::flat_parameters() const { return read_doubles(backend(), params_); }
+std::vector<double> Sequential::flat_gradients() const { return read_doubles(backend(), grads_); }
+
+void Sequential::set_flat_parameters(const std::vector<double>& values) {
+    if (static_cast<int64_t>(values.size()) != n_params_) {
+        throw Error("set_flat_parameters: got " + std::to_string(values.size()) +
+                    " values for a buffer of " + std::to_string(n_params_));
+    }
+    if (dtype_ == DType::kFloat64) {
+        backend().upload(params_.data(), values.data(), params_.bytes());
+    } else {
+        std::vector<float> narrow(values.begin(), values.end());
+        backend().upload(params_.data(), narrow.data(), params_.bytes());
+    }
+}
+
+// ---- weights -----------------------------------------------------------------------------
+
+View Sequential::parameters() const { return params_.view(); }
+size_t Sequential::parameter_bytes() const { return params_.bytes(); }
+
+int64_t Sequential::count_params() const {
+    int64_t n = 0;
+    for (const auto& layer : layers_) {
+        for (const ParamInfo& p : layer->param_info()) n += shape_elements(p.shape);
+    }
+    return n;
+}
+
+std::vector<LayerWeights> Sequential::get_weights() const {
+    // One read of the whole flat buffer, sliced on the host.
+    const std::vector<double> flat = flat_parameters();
+    const char* base = static_cast<const char*>(params_.data());
+    std::vector<LayerWeights> out;
+    for (const auto& layer : layers_) {
+        LayerWeights lw;
+        lw.layer_name = layer->name();
+        const auto infos = layer->param_info();
+        for (size_t j = 0; j < infos.size(); ++j) {
+            const View& v = layer->params()[j];
+            const size_t offset =
+                static_cast<size_t>(static_cast<const char*>(v.data) - base) / dtype_size(dtype_);
+            NamedArray a;
+            a.name = infos[j].name;
+            a.shape = infos[j].shape;
+            a.values.assign(flat.begin() + offset, flat.begin() + offset + v.elements());
+            lw.weights.push_back(std::move(a));
+        }
+        out.push_back(std::move(lw));
+    }
+    return out;
+}
+
+void Sequential::set_weights(const std::vector<LayerWeights>& weights) {
+    Backend& b = backend();
+    // Keras pairs the layers that have weights, in order.
+    std::vector<const LayerWeights*> given;
+    for (const auto& lw : weights) {
+        if (!lw.weights.empty()) given.push_back(&lw);
+    }
+    std::vector<Layer*> mine;
+    for (const auto& layer : layers_) {
+        if (!layer->param_info().empty()) mine.push_back(layer.get());
+    }
+    if (given.size() != mine.size()) {
+        throw Error("set_weights: model '" + name_ + "' has " + std::to_string(mine.size()) +
+                    " layers with weights, the weights given are for " +
+                    std::to_string(given.size()));
+    }
+    for (size_t i = 0; i < mine.size(); ++i) {
+        const auto infos = mine[i]->param_info();
+        const LayerWeights& lw = *given[i];
+        if (lw.weights.size() != infos.size()) {
+            throw Error("set_weights: layer '" + mine[i]->name() + "' has " +
+                        std::to_string(infos.size()) + " weights, '" + lw.layer_name + "' has " +
+                        std::to_string(lw.weights.size()));
+        }
+        for (size_t j = 0; j < infos.size(); ++j) {
+            const NamedArray& a = lw.weights[j];
+            if (a.shape != infos[j].shape ||
+                static_cast<int64_t>(a.values.size()) != shape_elements(infos[j].shape)) {
+                throw Error("set_weights: layer '" + mine[i]->name() + "' weight '" +
+                            infos[j].name + "' has shape " + shape_string(infos[j].shape) +
+                            ", the given '" + a.name + "' has shape " + shape_string(a.shape));
+            }
+        }
+    }
+    for (size_t i = 0; i < mine.size(); ++i) {
+        for (size_t j = 0; j < given[i]->weights.size(); ++j) {
+            const NamedArray& a = given[i]->weights[j];
+            upload_values(b, mine[i]->params()[j], a.values.data(),
+                          static_cast<int64_t>(a.values.size()));
+        }
+    }
+}
+
+// ---- description and saving --------------------------------------------------------------
+
+ModelConfig Sequential::config() const {
+    ModelConfig c;
+    c.name = name_;
+    LayerConfig input;
+    input.class_name = "InputLayer";
+    input.name = "input_layer";
+    input.input_shape = input_shape_;
+    c.layers.push_back(input);
+    for (const auto& layer : layers_) c.layers.push_back(layer->config());
+    return c;
+}
+
+std::string Sequential::summary() const {
+    auto with_commas = [](int64_t n) {
+        std::string s = std::to_string(n);
+        for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
+        return s;
+    };
+    auto pad = [](std::string s, size_t width) {
+        if (s.size() < width) s += std::string(width - s.size(), ' ');
+        return s;
+    };
+    std::ostringstream out;
+    const std::string rule(65, '_'), double_rule(65, '=');
+    out << "Model: \"" << name_ << "\"\n" << rule << "\n";
+    out << pad(" Layer (type)", 29) << pad("Output Shape", 26) << "Param #\n" << double_rule << "\n";
+    for (const auto& layer : layers_) {
+        Shape shape = layer->output_shape();
+        std::string shape_text = "(None";
+        for (int64_t d : shape) shape_text += ", " + std::to_string(d);
+        shape_text += ")";
+        int64_t n = 0;
+        for (const ParamInfo& p : layer->param_info()) n += shape_elements(p.shape);
+        out << pad(" " + layer->name() + " (" + layer->class_name() + ")", 29)
+            << pad(shape_text, 26) << n << "\n";
+    }
+    out << double_rule << "\n";
+    out << "Total params: " << with_commas(count_params()) << "\n";
+    out << "Trainable params: " << with_commas(count_params()) << "\n";
+    out << "Non-trainable params: 0\n" << rule << "\n";
+    return out.str();
+}
+
+std::string Sequential::training_config_json() const {
+    nlohmann::json metrics = nlohmann::json::array();
+    if (!metric_name_.empty()) metrics.push_back(metric_name_);
+    nlohmann::json loss = loss_.name();
+    if (loss_.from_logits) {
+        // A loss with arguments is written as Keras serialises a loss object.
+        loss = {{"class_name", loss_.class_name()}, {"config", {{"from_logits", true}}}};
+    }
+    nlohmann::json config = {{"loss", loss},
+                             {"metrics", metrics},
+                             {"weighted_metrics", nullptr},
+                             {"loss_weights", nullptr},
+                             {"optimizer_config", nlohmann::json::parse(optimizer_.config_json())}};
+    return config.dump();
+}
+
+Status Sequential::save(const std::string& path) const {
+    SavedModel saved;
+    saved.config = config();
+    saved.weights = get_weights();
+    if (compiled()) saved.training_config_json = training_config_json();
+    return save_model_h5(path, saved);
+}
+
+std::unique_ptr<Sequential> load_model(const std::string& path, const CompileOptions& options) {
+    SavedModel saved;
+    throw_if_error(load_model_h5(path, &saved));
+    auto model = std::make_unique<Sequential>(saved.config);
+    Optimizer optimizer = optimizers::Adam();
+    Loss loss = losses::SparseCategoricalCrossentropy();
+    std::vector<std::string> metrics = {"accuracy"};
+    if (!saved.training_config_json.empty()) {
+        const auto tc = nlohmann::json::parse(saved.training_config_json, nullptr, false);
+        if (tc.is_discarded() || !tc.is_object()) {
+            throw Error(path + ": training_config is not valid JSON");
+        }
+        if (tc.contains("loss")) {
+            const auto& l = tc["loss"];
+            if (l.is_string()) {
+                loss = loss_from_name(l.get<std::string>());
+            } else if (l.is_object() && l.contains("class_name")) {
+                const bool logits = l.contains("config") && l["config"].value("from_logits", false);
+                loss = loss_from_name(l["class_name"].get<std::string>(), logits);
+            }
+        }
+        metrics.clear();
+        if (tc.contains("metrics") && tc["metrics"].is_array()) {
+            for (const auto& m : tc["metrics"]) {
+                if (m.is_string()) metrics.push_back(m.get<std::string>());
+            }
+        }
+        if (tc.contains("optimizer_config") && tc["optimizer_config"].is_object()) {
+            const auto& oc = tc["optimizer_config"];
+            std::string cls = oc.value("class_name", "Adam");
+            for (char& ch : cls) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+            if (cls.rfind("custom>", 0) == 0) cls = cls.substr(7);
+            const auto cfg = oc.value("config", nlohmann::json::object());
+            optimizer = optimizer_from_name(cls, cfg.value("learning_rate", -1.0));
+            OptimizerStep& h = optimizer.hyper;
+            h.momentum = cfg.value("momentum", h.momentum);
+            h.nesterov = cfg.value("nesterov", h.nesterov);
+            h.beta_1 = cfg.value("beta_1", h.beta_1);
+            h.beta_2 = cfg.value("beta_2", h.beta_2);
+            h.epsilon = cfg.value("epsilon", h.epsilon);
+            h.rho = cfg.value("rho", h.rho);
+            h.centered = cfg.value("centered", h.centered);
+            if (cfg.contains("weight_decay") && cfg["weight_decay"].is_number()) {
+                h.weight_decay = cfg["weight_decay"].get<float>();
+            }
+        }
+    }
+    model->compile(optimizer, loss, metrics, options);
+    model->set_weights(saved.weights);
+    return model;
+}
+
+}  // namespace kiln

@@ -50,6 +50,8 @@ struct CsvOptions {
 
 // Reads features into `x` (rows × features) and the label column into `y` (rows × 1).
 Status load_csv(const std::string& path, const CsvOptions& options, Array* x, Array* y);
+// Reads every column as a feature into `x` (rows × columns), for inputs without labels.
+Status load_csv_features(const std::string& path, const CsvOptions& options, Array* x);
 
 // One dataset of an HDF5 file, any numeric type converted to float32. `spec` is
 // "FILE.h5:/path/to/dataset".

@@ -1,1 +1,444 @@
-// placeholder: being written
+// The CPU backend: OpenBLAS for the GEMMs, loops for everything else, OpenMP threads where a
+// loop is long enough to pay for them. It is the reference every CUDA op is tested against and
+// what runs where there is no GPU, in float32 and (for the gradient checks) float64.
+//
+// Reductions (bias gradients, loss sums) run in a fixed order so that the same inputs give the
+// same bits on every run, whatever the thread count.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/math.h"
+#include "kiln/backend.h"
+#include "kiln/status.h"
+
+extern "C" {
+// OpenBLAS's own queries; declared here because cblas.h does not always expose them.
+int openblas_get_num_threads(void);
+char* openblas_get_config(void);
+}
+
+namespace kiln {
+namespace {
+
+// Below this many elements an element-wise loop runs on one thread: waking the OpenMP team
+// costs a few microseconds, more than a short loop itself.
+constexpr int64_t kParallelThreshold = 1 << 15;
+
+void require_float(const View& v, const char* op) {
+    if (v.dtype != DType::kFloat32 && v.dtype != DType::kFloat64) {
+        throw Error(std::string("cpu backend: ") + op + " does not support dtype " +
+                    dtype_name(v.dtype));
+    }
+}
+
+// Calls fn<float> or fn<double> for the dtype of `v`.
+template <typename Fn>
+void dispatch(const View& v, const char* op, Fn&& fn) {
+    require_float(v, op);
+    if (v.dtype == DType::kFloat32) {
+        fn(float{});
+    } else {
+        fn(double{});
+    }
+}
+
+template <typename T>
+void softmax_row(const T* z, T* y, int64_t cols) {
+    T max_z = z[0];
+    for (int64_t c = 1; c < cols; ++c) max_z = std::max(max_z, z[c]);
+    T sum = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+        y[c] = math::exp(z[c] - max_z);
+        sum += y[c];
+    }
+    const T inv = T(1) / sum;
+    for (int64_t c = 0; c < cols; ++c) y[c] *= inv;
+}
+
+// First index of the largest value, as argmax does in Keras.
+template <typename T>
+int64_t argmax(const T* x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; ++i) {
+        if (x[i] > x[best]) best = i;
+    }
+    return best;
+}
+
+// The loss, metric and gradient of one sample (one row). Returns the loss; writes the metric
+// into *metric and, when g is non-null, d(loss)/d(pred) scaled by `scale` into g.
+template <typename T>
+T loss_row(const LossSpec& spec, const T* pred, const T* target, T* g, int64_t cols, T scale,
+           T* metric) {
+    const bool categorical = spec.kind == LossKind::kSparseCategoricalCrossentropy ||
+                             spec.kind == LossKind::kCategoricalCrossentropy;
+    T loss = 0;
+    if (categorical) {
+        const bool sparse = spec.kind == LossKind::kSparseCategoricalCrossentropy;
+        const int64_t label = sparse ? static_cast<int64_t>(target[0]) : -1;
+        // y_true as a vector: one-hot of the label for the sparse loss.
+        auto y_at = [&](int64_t c) -> T {
+            return sparse ? (c == label ? T(1) : T(0)) : target[c];
+        };
+        if (spec.fused_output || spec.from_logits) {
+            // pred holds logits z: p = softmax(z), computed stably.
+            T max_z = pred[0];
+            for (int64_t c = 1; c < cols; ++c) max_z = std::max(max_z, pred[c]);
+            T sum = 0;
+            for (int64_t c = 0; c < cols; ++c) sum += math::exp(pred[c] - max_z);
+            const T log_sum = math::log(sum) + max_z;
+            T y_sum = 0;
+            for (int64_t c = 0; c < cols; ++c) {
+                const T y = y_at(c);
+                if (y == T(0)) continue;
+                y_sum += y;
+                // From logits the loss is the exact log-softmax; a fused softmax output keeps
+                // the value Keras reports for probabilities, -log(clip(p)).
+                loss += spec.from_logits ? y * (log_sum - pred[c])
+                                         : y * math::neg_log_clipped(math::exp(pred[c] - log_sum));
+            }
+            if (g) {
+                for (int64_t c = 0; c < cols; ++c) {
+                    g[c] = (math::exp(pred[c] - log_sum) * y_sum - y_at(c)) * scale;
+                }
+            }
+        } else {
+            // Probabilities: Keras normalises them to sum 1, clips, and takes the log.
+            T sum = 0;
+            for (int64_t c = 0; c < cols; ++c) sum += pred[c];
+            const T lo = T(math::kEpsilon), hi = T(1) - T(math::kEpsilon);
+            T unclipped_y_sum = 0;  // sum of y over the classes whose clip is inactive
+            for (int64_t c = 0; c < cols; ++c) {
+                const T y = y_at(c);
+                if (y == T(0)) continue;
+                const T q = pred[c] / sum;
+                loss += y * math::neg_log_clipped(q);
+                if (q > lo && q < hi) unclipped_y_sum += y;
+            }
+            if (g) {
+                for (int64_t c = 0; c < cols; ++c) {
+                    const T y = y_at(c);
+                    const T q = pred[c] / sum;
+                    const T direct = (y != T(0) && q > lo && q < hi) ? -y / pred[c] : T(0);
+                    g[c] = (direct + unclipped_y_sum / sum) * scale;
+                }
+            }
+        }
+        const int64_t predicted = argmax(pred, cols);
+        const int64_t truth = sparse ? label : argmax(target, cols);
+        *metric = (spec.metric != MetricKind::kNone && predicted == truth) ? T(1) : T(0);
+        return loss;
+    }
+
+    // Element-wise losses, averaged over the row (Keras's reduction over the last axis).
+    const T inv_cols = T(1) / T(cols);
+    T correct = 0;
+    // A fused sigmoid leaves logits in pred: the 0.5 threshold on p is 0 on z.
+    const T threshold = spec.fused_output ? T(0) : T(0.5);
+    for (int64_t c = 0; c < cols; ++c) {
+        const T p = pred[c], y = target[c];
+        T d = 0;
+        switch (spec.kind) {
+            case LossKind::kBinaryCrossentropy: {
+                const bool logits = spec.from_logits || spec.fused_output;
+                // The value of a fused sigmoid is Keras's clipped one, on p = sigmoid(z).
+                loss += spec.fused_output
+                            ? math::binary_crossentropy(T(1) / (T(1) + math::exp(-p)), y, false)
+                            : math::binary_crossentropy(p, y, logits);
+                d = math::binary_crossentropy_grad(p, y, logits);
+                break;
+            }
+            case LossKind::kMeanSquaredError:
+                loss += math::squared_error(p, y);
+                d = math::squared_error_grad(p, y);
+                break;
+            case LossKind::kMeanAbsoluteError:
+                loss += math::absolute_error(p, y);
+                d = math::absolute_error_grad(p, y);
+                break;
+            default: break;
+        }
+        if (g) g[c] = d * inv_cols * scale;
+        if (spec.metric == MetricKind::kBinaryAccuracy) {
+            correct += (p > threshold ? T(1) : T(0)) == y ? T(1) : T(0);
+        }
+    }
+    *metric = correct * inv_cols;
+    return loss * inv_cols;
+}
+
+// One optimizer step over the flat buffer. Each kind gets its own loop with its scalars in
+// locals, so the loop has no branch on the kind and vectorises; threads split the buffer.
+template <typename T>
+void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, T* __restrict s,
+                int64_t n) {
+    const bool parallel = n > kParallelThreshold;
+    switch (o.kind) {
+        case OptimizerKind::kSGD: {
+            const T lr = T(o.learning_rate), momentum = T(o.momentum);
+            const bool nesterov = o.nesterov;
+            T* __restrict m = s;
+            if (momentum == T(0)) {
+#pragma omp parallel for simd schedule(static) if (parallel)
+                for (int64_t i = 0; i < n; ++i) p[i] -= lr * g[i];
+            } else {
+#pragma omp parallel for simd schedule(static) if (parallel)
+                for (int64_t i = 0; i < n; ++i) {
+                    math::sgd_update(lr, momentum, nesterov, p + i, g[i], m + i);
+                }
+            }
+            return;
+        }
+        case OptimizerKind::kAdam:
+        case OptimizerKind::kAdamW: {
+            const T b1 = T(o.beta_1), b2 = T(o.beta_2), eps = T(o.epsilon), alpha = T(o.alpha);
+            const T decay = math::adamw_decay<T>(o);
+            T* __restrict m = s;
+            T* __restrict v = s + n;
+#pragma omp parallel for simd schedule(static) if (parallel)
+            for (int64_t i = 0; i < n; ++i) {
+                math::adam_update(b1, b2, eps, alpha, decay, p + i, g[i], m + i, v + i);
+            }
+            return;
+        }
+        case OptimizerKind::kRMSprop: {
+            const T lr = T(o.learning_rate), rho = T(o.rho), momentum = T(o.momentum);
+            const T eps = T(o.epsilon);
+            const bool centered = o.centered;
+            T* __restrict vel = s;
+            T* __restrict mom = s + n;
+            T* __restrict avg = s + 2 * n;
+#pragma omp parallel for simd schedule(static) if (parallel)
+            for (int64_t i = 0; i < n; ++i) {
+                math::rmsprop_update(lr, rho, momentum, eps, centered, p + i, g[i], vel + i,
+                                     mom + i, avg + i);
+            }
+            return;
+        }
+    }
+}
+
+class CpuBackend final : public Backend {
+public:
+    CpuBackend() = default;
+
+    DeviceKind kind() const override { return DeviceKind::kCpu; }
+
+    std::string description() const override {
+        std::string config = openblas_get_config();
+        return "cpu (" + config.substr(0, config.find(' ', config.find(' ') + 1)) + ", " +
+               std::to_string(openblas_get_num_threads()) + " BLAS threads, " +
+               std::to_string(omp_get_max_threads()) + " loop threads)";
+    }
+
+    bool supports(DType dtype) const override {
+        return dtype == DType::kFloat32 || dtype == DType::kFloat64;
+    }
+
+    // ---- memory --------------------------------------------------------------------------
+    void* allocate(size_t bytes) override {
+        // 64-byte alignment: cache lines and the widest vector loads.
+        void* ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!ptr) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) +
+                              " bytes");
+        return ptr;
+    }
+    void deallocate(void* ptr, size_t) noexcept override { std::free(ptr); }
+    void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void read(void* dst, const void* src, size_t bytes) override {
+        ++reads_;
+        std::memcpy(dst, src, bytes);
+    }
+    void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void fill_zero(const View& x) override { std::memset(x.data, 0, x.bytes()); }
+    bool peek(void* dst, const void* src, size_t bytes) override {
+        if (bytes > kPeekBytes) throw Error("peek: at most kPeekBytes per call");
+        std::memcpy(dst, src, bytes);
+        return true;
+    }
+    void synchronize() override {}
+
+    // ---- dense algebra --------------------------------------------------------------------
+    void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+              const View& a, const View& b, float beta, const View& c) override {
+        if (m == 0 || n == 0) return;
+        const auto ta = trans_a ? CblasTrans : CblasNoTrans;
+        const auto tb = trans_b ? CblasTrans : CblasNoTrans;
+        const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
+        dispatch(c, "gemm", [&](auto t) {
+            using T = decltype(t);
+            if constexpr (std::is_same_v<T, float>) {
+                cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.as<float>(), lda,
+                            b.as<float>(), ldb, beta, c.as<float>(), n);
+            } else {
+                cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.as<double>(), lda,
+                            b.as<double>(), ldb, beta, c.as<double>(), n);
+            }
+        });
+    }
+
+    // ---- element-wise and row-wise ops ------------------------------------------------------
+    void bias_activation_forward(const View& z, const View& bias, const View& y, int64_t rows,
+                                 int64_t cols, ActivationSpec act) override {
+        dispatch(z, "bias_activation_forward", [&](auto t) {
+            using T = decltype(t);
+            T* zp = z.as<T>();
+            T* yp = y.as<T>();
+            const T* bp = bias.as<T>();
+            const T alpha = T(act.alpha);
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelThreshold)
+            for (int64_t r = 0; r < rows; ++r) {
+                T* zr = zp + r * cols;
+                T* yr = yp + r * cols;
+                if (bp) {
+                    for (int64_t c = 0; c < cols; ++c) zr[c] += bp[c];
+                }
+                if (act.kind == Activation::kSoftmax) {
+                    softmax_row(zr, yr, cols);
+                } else if (act.kind != Activation::kLinear || yr != zr) {
+                    for (int64_t c = 0; c < cols; ++c) {
+                        yr[c] = math::activation_forward(act.kind, alpha, zr[c]);
+                    }
+                }
+            }
+        });
+    }
+
+    void activation_backward(const View& z, const View& y, const View& dy, const View& dz,
+                             int64_t rows, int64_t cols, ActivationSpec act) override {
+        dispatch(dy, "activation_backward", [&](auto t) {
+            using T = decltype(t);
+            const T* zp = z.as<T>();
+            const T* yp = y.as<T>();
+            const T* dyp = dy.as<T>();
+            T* dzp = dz.as<T>();
+            const T alpha = T(act.alpha);
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelThreshold)
+            for (int64_t r = 0; r < rows; ++r) {
+                const int64_t o = r * cols;
+                if (act.kind == Activation::kSoftmax) {
+                    T dot = 0;
+                    for (int64_t c = 0; c < cols; ++c) dot += dyp[o + c] * yp[o + c];
+                    for (int64_t c = 0; c < cols; ++c) dzp[o + c] = yp[o + c] * (dyp[o + c] - dot);
+                } else {
+                    for (int64_t c = 0; c < cols; ++c) {
+                        dzp[o + c] = dyp[o + c] * math::activation_derivative(
+                                                      act.kind, alpha, zp[o + c], yp[o + c]);
+                    }
+                }
+            }
+        });
+    }
+
+    void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) override {
+        dispatch(dz, "bias_grad", [&](auto t) {
+            using T = decltype(t);
+            const T* dzp = dz.as<T>();
+            T* dbp = db.as<T>();
+            std::fill(dbp, dbp + cols, T(0));
+            for (int64_t r = 0; r < rows; ++r) {
+                const T* row = dzp + r * cols;
+                for (int64_t c = 0; c < cols; ++c) dbp[c] += row[c];
+            }
+        });
+    }
+
+    void loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
+              int64_t rows, int64_t cols, int64_t grad_rows, const View& acc, int slot) override {
+        dispatch(pred, "loss", [&](auto t) {
+            using T = decltype(t);
+            const T* pp = pred.as<T>();
+            const T* yp = y_true.as<T>();
+            T* gp = grad.as<T>();
+            const int64_t y_cols = spec.kind == LossKind::kSparseCategoricalCrossentropy ? 1 : cols;
+            const T scale = T(1) / T(grad_rows);
+            double loss_sum = 0, metric_sum = 0;
+            for (int64_t r = 0; r < rows; ++r) {
+                T metric = 0;
+                loss_sum += static_cast<double>(loss_row<T>(spec, pp + r * cols, yp + r * y_cols,
+                                                            gp ? gp + r * cols : nullptr, cols,
+                                                            scale, &metric));
+                metric_sum += static_cast<double>(metric);
+            }
+            double* a = acc.as<double>() + slot;
+            a[AccumulatorSlots::kLossSum] += loss_sum;
+            a[AccumulatorSlots::kMetricSum] += metric_sum;
+            a[AccumulatorSlots::kCount] += static_cast<double>(rows);
+        });
+    }
+
+    void dropout_forward(const View& x, const View& y, const View& mask, int64_t n, float rate,
+                         uint64_t seed, uint64_t counter) override {
+        dispatch(x, "dropout_forward", [&](auto t) {
+            using T = decltype(t);
+            const T* xp = x.as<T>();
+            T* yp = y.as<T>();
+            T* mp = mask.as<T>();
+            const T keep_scale = T(1) / (T(1) - T(rate));
+#pragma omp parallel for schedule(static) if (n > kParallelThreshold)
+            for (int64_t i = 0; i < n; ++i) {
+                const float u = math::uniform01(math::hash3(seed, counter, uint64_t(i)));
+                mp[i] = u >= rate ? keep_scale : T(0);
+                yp[i] = xp[i] * mp[i];
+            }
+        });
+    }
+
+    void multiply(const View& a, const View& b, const View& out, int64_t n) override {
+        dispatch(a, "multiply", [&](auto t) {
+            using T = decltype(t);
+            const T* ap = a.as<T>();
+            const T* bp = b.as<T>();
+            T* op = out.as<T>();
+#pragma omp parallel for schedule(static) if (n > kParallelThreshold)
+            for (int64_t i = 0; i < n; ++i) op[i] = ap[i] * bp[i];
+        });
+    }
+
+    // ---- optimizer ------------------------------------------------------------------------
+    void optimizer_update(const OptimizerStep& step, const View& params, const View& grads,
+                          const View& state, int64_t n) override {
+        dispatch(params, "optimizer_update", [&](auto t) {
+            using T = decltype(t);
+            update_all<T>(step, params.as<T>(), grads.as<T>(), state.as<T>(), n);
+        });
+    }
+
+    // ---- data -----------------------------------------------------------------------------
+    void permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream) override {
+        if (perm.dtype != DType::kInt32) throw Error("permutation: perm must be int32");
+        std::vector<std::pair<uint64_t, int32_t>> keyed(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) {
+            keyed[i] = {math::hash3(seed, stream, uint64_t(i)), static_cast<int32_t>(i)};
+        }
+        std::sort(keyed.begin(), keyed.end());  // by key, then by index
+        int32_t* out = perm.as<int32_t>();
+        for (int64_t i = 0; i < n; ++i) out[i] = keyed[i].second;
+    }
+
+    void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
+                     int64_t cols, const View& dst) override {
+        const size_t row_bytes = static_cast<size_t>(cols) * dtype_size(src.dtype);
+        const int32_t* idx = index.as<int32_t>() + offset;
+        const char* s = static_cast<const char*>(src.data);
+        char* d = static_cast<char*>(dst.data);
+        for (int64_t r = 0; r < count; ++r) {
+            std::memcpy(d + r * row_bytes, s + static_cast<size_t>(idx[r]) * row_bytes, row_bytes);
+        }
+    }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace kiln

@@ -1,1 +1,605 @@
-// placeholder: being written
+// The CUDA backend: cuBLAS for the GEMMs, kiln's kernels (kernels/) for everything else, all on
+// one non-blocking stream of device 0.
+//
+// - Memory comes from a stream-ordered pool of its own (cudaMallocFromPoolAsync) whose release
+//   threshold is raised to "never", so freed blocks stay in the pool and the next allocation of
+//   that size reuses them without a driver call.
+// - cuBLAS is bound to the stream with a workspace the backend owns, so cuBLAS never allocates
+//   behind the stream's back (which a CUDA graph capture would not allow), and its math mode is
+//   pedantic: plain float32 FMA, no TF32 or BF16x9 emulation, whatever the environment says.
+// - `upload` stages through pinned buffers, so the caller may reuse its host buffer at once while
+//   the copy to the device is still in flight. `read` is the only call that waits for the device
+//   on the caller's behalf, and it is counted. `peek` never waits.
+// - Only float32 is supported; an op given another dtype throws kiln::Error naming the op.
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "cuda/cuda_check.h"
+#include "kernels/kernels.h"
+#include "kiln/backend.h"
+#include "kiln/status.h"
+
+namespace kiln {
+namespace {
+
+// cuBLAS's documented recommendation for Hopper is a 32 MiB workspace; less can rule out its
+// fastest (split-K) kernels on some shapes.
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+// Upload staging: two pinned slots of 4 MiB, so one is filled by the host while the other's copy
+// runs. Large enough for PCIe to run at full rate, small enough to pin without notice.
+constexpr size_t kUploadChunkBytes = size_t{4} << 20;
+constexpr int kUploadSlots = 2;
+// Peek staging: a ring of small pinned slots. A progress display peeks once per step; four slots
+// let a new copy start while the newest completed one is kept to be returned.
+constexpr int kPeekSlots = 4;
+
+// ---- RAII for the CUDA and cuBLAS handles ----------------------------------------------------
+// Deleters never throw: a failure on the way down is reported on stderr and otherwise ignored.
+
+struct StreamDeleter {
+    void operator()(cudaStream_t s) const noexcept { KILN_CUDA_WARN(cudaStreamDestroy(s)); }
+};
+struct EventDeleter {
+    void operator()(cudaEvent_t e) const noexcept { KILN_CUDA_WARN(cudaEventDestroy(e)); }
+};
+struct PoolDeleter {
+    void operator()(cudaMemPool_t p) const noexcept { KILN_CUDA_WARN(cudaMemPoolDestroy(p)); }
+};
+struct DeviceMemoryDeleter {
+    void operator()(void* p) const noexcept { KILN_CUDA_WARN(cudaFree(p)); }
+};
+struct PinnedMemoryDeleter {
+    void operator()(void* p) const noexcept { KILN_CUDA_WARN(cudaFreeHost(p)); }
+};
+struct CublasDeleter {
+    void operator()(cublasHandle_t h) const noexcept {
+        const cublasStatus_t status = cublasDestroy(h);
+        if (status != CUBLAS_STATUS_SUCCESS) {
+            std::fprintf(stderr, "kiln: warning: cublasDestroy failed: %s\n",
+                         cuda_detail::describe(status).c_str());
+        }
+    }
+};
+
+using StreamPtr = std::unique_ptr<std::remove_pointer_t<cudaStream_t>, StreamDeleter>;
+using EventPtr = std::unique_ptr<std::remove_pointer_t<cudaEvent_t>, EventDeleter>;
+using PoolPtr = std::unique_ptr<std::remove_pointer_t<cudaMemPool_t>, PoolDeleter>;
+using DeviceMemoryPtr = std::unique_ptr<void, DeviceMemoryDeleter>;
+using PinnedMemoryPtr = std::unique_ptr<void, PinnedMemoryDeleter>;
+using CublasPtr = std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, CublasDeleter>;
+
+EventPtr make_event() {
+    cudaEvent_t event = nullptr;
+    KILN_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    return EventPtr(event);
+}
+
+PinnedMemoryPtr make_pinned(size_t bytes) {
+    void* ptr = nullptr;
+    KILN_CUDA_CHECK(cudaMallocHost(&ptr, bytes));
+    return PinnedMemoryPtr(ptr);
+}
+
+// ---- argument checks ---------------------------------------------------------------------------
+
+void require_dtype(const char* op, const char* name, const View& v, DType want) {
+    if (v.dtype != want) {
+        throw Error(std::string("cuda backend: ") + op + ": " + name + " has dtype " +
+                    dtype_name(v.dtype) + ", but the CUDA backend supports only " +
+                    dtype_name(want) + " here");
+    }
+}
+
+void require_f32(const char* op, const char* name, const View& v) {
+    require_dtype(op, name, v, DType::kFloat32);
+}
+
+// As require_f32, for an optional operand (null data means absent).
+void require_f32_or_null(const char* op, const char* name, const View& v) {
+    if (v.data != nullptr) require_f32(op, name, v);
+}
+
+std::string gib_string(size_t bytes) {
+    return std::to_string(std::llround(static_cast<double>(bytes) / double(size_t{1} << 30))) +
+           " GiB";
+}
+
+// "13.0" from cudaDriverGetVersion's 13000: the newest CUDA version the installed driver runs.
+std::string cuda_version_string(int version) {
+    return std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10);
+}
+
+// ---- the backend -------------------------------------------------------------------------------
+
+class CudaBackend final : public Backend {
+public:
+    CudaBackend(int device, const cudaDeviceProp& prop, int driver_version, CublasPtr cublas);
+    ~CudaBackend() override;
+
+    CudaBackend(const CudaBackend&) = delete;
+    CudaBackend& operator=(const CudaBackend&) = delete;
+
+    DeviceKind kind() const override { return DeviceKind::kCuda; }
+    std::string description() const override { return description_; }
+    bool supports(DType dtype) const override { return dtype == DType::kFloat32; }
+
+    void* allocate(size_t bytes) override;
+    void deallocate(void* ptr, size_t bytes) noexcept override;
+    void upload(void* dst, const void* src, size_t bytes) override;
+    void read(void* dst, const void* src, size_t bytes) override;
+    void copy(void* dst, const void* src, size_t bytes) override;
+    void fill_zero(const View& x) override;
+    bool peek(void* dst, const void* src, size_t bytes) override;
+    void synchronize() override;
+
+    void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+              const View& a, const View& b, float beta, const View& c) override;
+
+    void bias_activation_forward(const View& z, const View& bias, const View& y, int64_t rows,
+                                 int64_t cols, ActivationSpec act) override;
+    void activation_backward(const View& z, const View& y, const View& dy, const View& dz,
+                             int64_t rows, int64_t cols, ActivationSpec act) override;
+    void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) override;
+    void loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
+              int64_t rows, int64_t cols, int64_t grad_rows, const View& acc,
+              int slot) override;
+    void dropout_forward(const View& x, const View& y, const View& mask, int64_t n, float rate,
+                         uint64_t seed, uint64_t counter) override;
+    void multiply(const View& a, const View& b, const View& out, int64_t n) override;
+
+    void optimizer_update(const OptimizerStep& step, const View& params, const View& grads,
+                          const View& state, int64_t n) override;
+
+    void permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream) override;
+    void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
+                     int64_t cols, const View& dst) override;
+
+private:
+    // A block of backend-owned scratch from the pool, grown on demand.
+    struct Scratch {
+        void* ptr = nullptr;
+        size_t bytes = 0;
+    };
+    void reserve(Scratch* scratch, size_t bytes);
+    void release(Scratch* scratch) noexcept;
+
+    struct PeekSlot {
+        EventPtr done;             // recorded after the slot's copy
+        bool pending = false;      // a copy was started and has not been seen to complete
+        bool completed = false;    // holds the bytes of a finished copy
+        uint64_t sequence = 0;     // when its copy was started, to find the newest
+        const void* src = nullptr;
+        size_t bytes = 0;
+    };
+
+    cudaStream_t stream() const { return stream_.get(); }
+
+    // Declaration order is destruction order reversed: the stream outlives everything that
+    // enqueues on it, the pool outlives the scratch, the workspace outlives the cuBLAS handle.
+    const int device_;
+    std::string description_;
+    StreamPtr stream_;
+    PoolPtr pool_;
+    DeviceMemoryPtr cublas_workspace_;
+    CublasPtr cublas_;
+
+    PinnedMemoryPtr upload_staging_;  // kUploadSlots × kUploadChunkBytes, allocated on first use
+    EventPtr upload_done_[kUploadSlots];
+    int next_upload_slot_ = 0;
+
+    PinnedMemoryPtr peek_staging_;  // kPeekSlots × kPeekBytes
+    PeekSlot peek_slots_[kPeekSlots];
+    uint64_t peek_sequence_ = 0;
+
+    Scratch loss_scratch_;
+    Scratch permutation_scratch_;
+    int64_t permutation_n_ = -1;  // the n permutation_scratch_ was sized for
+    size_t permutation_bytes_ = 0;
+};
+
+CudaBackend::CudaBackend(int device, const cudaDeviceProp& prop, int driver_version,
+                         CublasPtr cublas)
+    : device_(device), cublas_(std::move(cublas)) {
+    description_ = "cuda:" + std::to_string(device_) + " " + prop.name + " (sm_" +
+                   std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+                   gib_string(prop.totalGlobalMem) + ", driver " +
+                   cuda_version_string(driver_version) + ")";
+    KILN_CUDA_CHECK(cudaSetDevice(device_));
+
+    // the stream: non-blocking, so that nothing on the legacy default stream serialises with it
+    cudaStream_t stream = nullptr;
+    KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    stream_.reset(stream);
+
+    // the memory pool: device-local, never trimmed on synchronisation
+    int pools_supported = 0;
+    KILN_CUDA_CHECK(
+        cudaDeviceGetAttribute(&pools_supported, cudaDevAttrMemoryPoolsSupported, device_));
+    if (!pools_supported) {
+        throw Error(std::string(prop.name) +
+                    " does not support stream-ordered memory pools (cudaMallocAsync)");
+    }
+    cudaMemPoolProps pool_props;
+    std::memset(&pool_props, 0, sizeof(pool_props));
+    pool_props.allocType = cudaMemAllocationTypePinned;
+    pool_props.handleTypes = cudaMemHandleTypeNone;
+    pool_props.location.type = cudaMemLocationTypeDevice;
+    pool_props.location.id = device_;
+    cudaMemPool_t pool = nullptr;
+    KILN_CUDA_CHECK(cudaMemPoolCreate(&pool, &pool_props));
+    pool_.reset(pool);
+    uint64_t release_threshold = UINT64_MAX;
+    KILN_CUDA_CHECK(
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &release_threshold));
+
+    // cuBLAS: on our stream, with our workspace (set after the stream: cublasSetStream resets
+    // the workspace to cuBLAS's own pool), pedantic float32 math, host scalars
+    void* workspace = nullptr;
+    KILN_CUDA_CHECK(cudaMalloc(&workspace, kCublasWorkspaceBytes));
+    cublas_workspace_.reset(workspace);
+    KILN_CUBLAS_CHECK(cublasSetStream(cublas_.get(), stream));
+    KILN_CUBLAS_CHECK(cublasSetWorkspace(cublas_.get(), workspace, kCublasWorkspaceBytes));
+    KILN_CUBLAS_CHECK(cublasSetMathMode(cublas_.get(), CUBLAS_PEDANTIC_MATH));
+    KILN_CUBLAS_CHECK(cublasSetPointerMode(cublas_.get(), CUBLAS_POINTER_MODE_HOST));
+
+    // staging for uploads and peeks
+    for (auto& done : upload_done_) done = make_event();
+    peek_staging_ = make_pinned(kPeekSlots * kPeekBytes);
+    for (auto& slot : peek_slots_) slot.done = make_event();
+
+    // the loss reduction's scratch, last: nothing after it can throw and leak it
+    reserve(&loss_scratch_, kernels::loss_scratch_bytes());
+}
+
+CudaBackend::~CudaBackend() {
+    // Let queued work finish before anything it may still use is freed.
+    KILN_CUDA_WARN(cudaStreamSynchronize(stream()));
+    release(&permutation_scratch_);
+    release(&loss_scratch_);
+    KILN_CUDA_WARN(cudaStreamSynchronize(stream()));
+    // The members go next, in reverse order: staging, cuBLAS, workspace, pool, stream.
+}
+
+void CudaBackend::reserve(Scratch* scratch, size_t bytes) {
+    if (scratch->bytes >= bytes) return;
+    release(scratch);
+    scratch->ptr = allocate(bytes);
+    scratch->bytes = bytes;
+}
+
+void CudaBackend::release(Scratch* scratch) noexcept {
+    if (scratch->ptr != nullptr) deallocate(scratch->ptr, scratch->bytes);
+    scratch->ptr = nullptr;
+    scratch->bytes = 0;
+}
+
+// ---- memory ------------------------------------------------------------------------------------
+
+void* CudaBackend::allocate(size_t bytes) {
+    if (bytes == 0) return nullptr;
+    void* ptr = nullptr;
+    const cudaError_t status = cudaMallocFromPoolAsync(&ptr, bytes, pool_.get(), stream());
+    if (status == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        cudaGetLastError();
+        throw Error("cuda backend: out of device memory allocating " + std::to_string(bytes) +
+                    " bytes (" + std::to_string(free_bytes) + " of " +
+                    std::to_string(total_bytes) + " bytes free on " + description_ + ")");
+    }
+    KILN_CUDA_CHECK(status);
+    return ptr;
+}
+
+void CudaBackend::deallocate(void* ptr, size_t) noexcept {
+    if (ptr != nullptr) KILN_CUDA_WARN(cudaFreeAsync(ptr, stream()));
+}
+
+// Chunks go through the pinned slots in turn. Before a slot is refilled, its previous copy must
+// have finished: that wait (cudaEventSynchronize) is the only one, and only uploads larger than
+// one chunk, or uploads issued back to back, ever meet it. The last chunks are still in flight
+// when this returns, but they read from our staging, not from `src`.
+void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    if (!upload_staging_) upload_staging_ = make_pinned(kUploadSlots * kUploadChunkBytes);
+    char* staging = static_cast<char*>(upload_staging_.get());
+    for (size_t offset = 0; offset < bytes; offset += kUploadChunkBytes) {
+        const size_t chunk = std::min(kUploadChunkBytes, bytes - offset);
+        const int slot = next_upload_slot_;
+        next_upload_slot_ = (next_upload_slot_ + 1) % kUploadSlots;
+        char* slot_memory = staging + static_cast<size_t>(slot) * kUploadChunkBytes;
+
+        // wait for the slot's previous copy, refill it, copy it on the stream
+        KILN_CUDA_CHECK(cudaEventSynchronize(upload_done_[slot].get()));
+        std::memcpy(slot_memory, static_cast<const char*>(src) + offset, chunk);
+        KILN_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + offset, slot_memory, chunk,
+                                        cudaMemcpyHostToDevice, stream()));
+        KILN_CUDA_CHECK(cudaEventRecord(upload_done_[slot].get(), stream()));
+    }
+}
+
+void CudaBackend::read(void* dst, const void* src, size_t bytes) {
+    ++reads_;
+    if (bytes == 0) return;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
+}
+
+void CudaBackend::fill_zero(const View& x) {
+    const size_t bytes = x.bytes();
+    if (bytes == 0 || x.data == nullptr) return;
+    KILN_CUDA_CHECK(cudaMemsetAsync(x.data, 0, bytes, stream()));
+}
+
+// Each call first collects the copies that have completed, then starts a new one into a free
+// slot (never the newest completed one, which is what this call returns), then returns the
+// newest completed copy of the same (src, bytes). With every slot still in flight it starts
+// nothing and returns the newest one it has, if any.
+bool CudaBackend::peek(void* dst, const void* src, size_t bytes) {
+    if (bytes > kPeekBytes) {
+        throw Error("cuda backend: peek of " + std::to_string(bytes) +
+                    " bytes; at most kPeekBytes (" + std::to_string(kPeekBytes) + ") per call");
+    }
+    char* staging = static_cast<char*>(peek_staging_.get());
+
+    // collect completions and find the newest completed copy of this source
+    int newest = -1;
+    for (int i = 0; i < kPeekSlots; ++i) {
+        PeekSlot& slot = peek_slots_[i];
+        if (slot.pending) {
+            const cudaError_t status = cudaEventQuery(slot.done.get());
+            if (status == cudaSuccess) {
+                slot.pending = false;
+                slot.completed = true;
+            } else if (status == cudaErrorNotReady) {
+                cudaGetLastError();  // "not ready" is an answer, not an error; leave none behind
+            } else {
+                KILN_CUDA_CHECK(status);
+            }
+        }
+        if (slot.completed && slot.src == src && slot.bytes == bytes &&
+            (newest < 0 || slot.sequence > peek_slots_[newest].sequence)) {
+            newest = i;
+        }
+    }
+
+    // start a new copy into the oldest free slot other than the newest completed one
+    int target = -1;
+    for (int i = 0; i < kPeekSlots; ++i) {
+        const PeekSlot& slot = peek_slots_[i];
+        if (slot.pending || i == newest) continue;
+        if (target < 0 || slot.sequence < peek_slots_[target].sequence) target = i;
+    }
+    if (target >= 0 && bytes > 0) {
+        PeekSlot& slot = peek_slots_[target];
+        KILN_CUDA_CHECK(cudaMemcpyAsync(staging + static_cast<size_t>(target) * kPeekBytes, src,
+                                        bytes, cudaMemcpyDeviceToHost, stream()));
+        KILN_CUDA_CHECK(cudaEventRecord(slot.done.get(), stream()));
+        slot.pending = true;
+        slot.completed = false;
+        slot.sequence = ++peek_sequence_;
+        slot.src = src;
+        slot.bytes = bytes;
+    }
+
+    if (newest < 0) return bytes == 0;
+    std::memcpy(dst, staging + static_cast<size_t>(newest) * kPeekBytes, bytes);
+    return true;
+}
+
+void CudaBackend::synchronize() { KILN_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+// ---- dense algebra -----------------------------------------------------------------------------
+
+// cuBLAS is column-major. A row-major m×n matrix is the column-major n×m matrix of its transpose,
+// so C = op(A)·op(B) in row-major is Cᵀ = op(B)ᵀ·op(A)ᵀ in column-major: call cuBLAS with the
+// operands swapped, each keeping its own transpose flag, and (m, n) swapped. The leading
+// dimensions are the row lengths as stored: A is m×k (k×m when transposed), B is k×n (n×k).
+void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                       const View& a, const View& b, float beta, const View& c) {
+    require_f32("gemm", "a", a);
+    require_f32("gemm", "b", b);
+    require_f32("gemm", "c", c);
+    if (m < 0 || n < 0 || k < 0) {
+        throw Error("cuda backend: gemm: negative size m=" + std::to_string(m) +
+                    ", n=" + std::to_string(n) + ", k=" + std::to_string(k));
+    }
+    if (m == 0 || n == 0) return;
+    const int64_t lda = std::max<int64_t>(1, trans_a ? m : k);
+    const int64_t ldb = std::max<int64_t>(1, trans_b ? k : n);
+    const int64_t ldc = n;
+    KILN_CUBLAS_CHECK(cublasSgemm_64(cublas_.get(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                     trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha,
+                                     b.as<const float>(), ldb, a.as<const float>(), lda, &beta,
+                                     c.as<float>(), ldc));
+}
+
+// ---- element-wise and row-wise ops -------------------------------------------------------------
+
+void CudaBackend::bias_activation_forward(const View& z, const View& bias, const View& y,
+                                          int64_t rows, int64_t cols, ActivationSpec act) {
+    require_f32("bias_activation_forward", "z", z);
+    require_f32_or_null("bias_activation_forward", "bias", bias);
+    require_f32("bias_activation_forward", "y", y);
+    kernels::bias_activation_forward(stream(), z.as<float>(), bias.as<const float>(),
+                                     y.as<float>(), rows, cols, act);
+}
+
+void CudaBackend::activation_backward(const View& z, const View& y, const View& dy,
+                                      const View& dz, int64_t rows, int64_t cols,
+                                      ActivationSpec act) {
+    require_f32_or_null("activation_backward", "z", z);
+    require_f32("activation_backward", "y", y);
+    require_f32("activation_backward", "dy", dy);
+    require_f32("activation_backward", "dz", dz);
+    kernels::activation_backward(stream(), z.as<const float>(), y.as<const float>(),
+                                 dy.as<const float>(), dz.as<float>(), rows, cols, act);
+}
+
+void CudaBackend::bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) {
+    require_f32("bias_grad", "dz", dz);
+    require_f32("bias_grad", "db", db);
+    kernels::bias_grad(stream(), dz.as<const float>(), db.as<float>(), rows, cols);
+}
+
+void CudaBackend::loss(const LossSpec& spec, const View& pred, const View& y_true,
+                       const View& grad, int64_t rows, int64_t cols, int64_t grad_rows,
+                       const View& acc, int slot) {
+    require_f32("loss", "pred", pred);
+    require_f32("loss", "y_true", y_true);
+    require_f32_or_null("loss", "grad", grad);
+    require_dtype("loss", "acc", acc, DType::kFloat64);
+    if (slot < 0 || acc.data == nullptr) {
+        throw Error(std::string("cuda backend: loss: needs accumulators and a slot >= 0, got ") +
+                    (acc.data ? "accumulators" : "no accumulators") + " and slot " +
+                    std::to_string(slot));
+    }
+    kernels::loss(stream(), spec, pred.as<const float>(), y_true.as<const float>(),
+                  grad.as<float>(), rows, cols, grad_rows, acc.as<double>() + slot,
+                  loss_scratch_.ptr, loss_scratch_.bytes);
+}
+
+void CudaBackend::dropout_forward(const View& x, const View& y, const View& mask, int64_t n,
+                                  float rate, uint64_t seed, uint64_t counter) {
+    require_f32("dropout_forward", "x", x);
+    require_f32("dropout_forward", "y", y);
+    require_f32_or_null("dropout_forward", "mask", mask);
+    kernels::dropout_forward(stream(), x.as<const float>(), y.as<float>(), mask.as<float>(), n,
+                             rate, seed, counter);
+}
+
+void CudaBackend::multiply(const View& a, const View& b, const View& out, int64_t n) {
+    require_f32("multiply", "a", a);
+    require_f32("multiply", "b", b);
+    require_f32("multiply", "out", out);
+    kernels::multiply(stream(), a.as<const float>(), b.as<const float>(), out.as<float>(), n);
+}
+
+// ---- optimizer ---------------------------------------------------------------------------------
+
+void CudaBackend::optimizer_update(const OptimizerStep& step, const View& params,
+                                   const View& grads, const View& state, int64_t n) {
+    require_f32("optimizer_update", "params", params);
+    require_f32("optimizer_update", "grads", grads);
+    require_f32_or_null("optimizer_update", "state", state);
+    kernels::optimizer_update(stream(), step, params.as<float>(), grads.as<const float>(),
+                              state.as<float>(), n);
+}
+
+// ---- data --------------------------------------------------------------------------------------
+
+// The scratch is sized once per n (the training set's size does not change between epochs), so
+// an epoch's permutation allocates nothing. Run one permutation of a size before capturing it
+// in a CUDA graph.
+void CudaBackend::permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream_id) {
+    require_dtype("permutation", "perm", perm, DType::kInt32);
+    if (n <= 0) return;
+    if (n != permutation_n_) {
+        permutation_bytes_ = kernels::permutation_scratch_bytes(n);
+        permutation_n_ = n;
+    }
+    reserve(&permutation_scratch_, permutation_bytes_);
+    kernels::permutation(stream(), perm.as<int32_t>(), n, seed, stream_id,
+                         permutation_scratch_.ptr, permutation_scratch_.bytes);
+}
+
+void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
+                              int64_t cols, const View& dst) {
+    require_dtype("gather_rows", "index", index, DType::kInt32);
+    if (dst.dtype != src.dtype) {
+        throw Error(std::string("cuda backend: gather_rows: src has dtype ") +
+                    dtype_name(src.dtype) + " but dst has " + dtype_name(dst.dtype));
+    }
+    // The source's row count bounds the indices when its view has a shape.
+    const int64_t src_rows =
+        (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
+    kernels::gather_rows(stream(), src.data, src_rows, index.as<const int32_t>(), offset, count,
+                         cols, dtype_size(src.dtype), dst.data);
+}
+
+}  // namespace
+
+// ---- selection ---------------------------------------------------------------------------------
+
+// Every failure before the backend exists is an answer ("no usable GPU, because ..."), not an
+// exception: this path runs on every machine without a GPU, CI included, and must stay quiet.
+std::unique_ptr<Backend> make_cuda_backend(std::string* why) {
+    auto no_gpu = [why](const std::string& reason) -> std::unique_ptr<Backend> {
+        if (why != nullptr) *why = "no usable CUDA GPU: " + reason;
+        return nullptr;
+    };
+
+    // a device at all (no driver, an old driver, no device: all land here)
+    int count = 0;
+    cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess) {
+        cudaGetLastError();
+        return no_gpu(cudaGetErrorString(status));
+    }
+    if (count == 0) return no_gpu("the CUDA driver reports no devices");
+
+    // device 0 (CUDA_VISIBLE_DEVICES picks which GPU that is), and code this build can run on it
+    const int device = 0;
+    status = cudaSetDevice(device);
+    if (status != cudaSuccess) {
+        cudaGetLastError();
+        return no_gpu(std::string("cudaSetDevice(0) failed: ") + cudaGetErrorString(status));
+    }
+    cudaDeviceProp prop;
+    status = cudaGetDeviceProperties(&prop, device);
+    if (status != cudaSuccess) {
+        cudaGetLastError();
+        return no_gpu(std::string("cudaGetDeviceProperties failed: ") +
+                      cudaGetErrorString(status));
+    }
+    status = kernels::kernel_image_status();
+    if (status != cudaSuccess) {
+        return no_gpu(std::string(prop.name) + " is sm_" + std::to_string(prop.major) +
+                      std::to_string(prop.minor) + ", which this build has no code for (" +
+                      cudaGetErrorString(status) +
+                      "); rebuild with that architecture in KILN_CUDA_ARCHITECTURES");
+    }
+    int driver_version = 0;
+    status = cudaDriverGetVersion(&driver_version);
+    if (status != cudaSuccess) {
+        cudaGetLastError();
+        return no_gpu(std::string("cudaDriverGetVersion failed: ") + cudaGetErrorString(status));
+    }
+
+    // cuBLAS
+    cublasHandle_t handle = nullptr;
+    const cublasStatus_t cublas_status = cublasCreate(&handle);
+    if (cublas_status != CUBLAS_STATUS_SUCCESS) {
+        return no_gpu(std::string("cublasCreate failed: ") +
+                      cublasGetStatusString(cublas_status));
+    }
+    CublasPtr cublas(handle);
+
+    // the backend itself; a failure here (out of memory, ...) is reported the same way
+    try {
+        return std::make_unique<CudaBackend>(device, prop, driver_version, std::move(cublas));
+    } catch (const Error& e) {
+        return no_gpu(std::string("setting up ") + prop.name + " failed: " + e.what());
+    } catch (const std::bad_alloc&) {
+        return no_gpu("out of host memory while setting up the CUDA backend");
+    }
+}
+
+}  // namespace kiln

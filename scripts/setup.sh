@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what kiln needs that this machine lacks (Debian/Ubuntu, as root or with sudo), then
+# configures the build in build/. Sourced by the two commands of the README.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir=${KILN_BUILD_DIR:-$repo/build}
+
+# Debian packages: compilers and build tools, the libraries kiln links, the dataset, and the
+# Python packages the tests use to read kiln's files (h5py) and the PyTorch peer benchmark.
+packages=(g++ cmake ninja-build pkg-config
+          libhdf5-dev libopenblas-dev zlib1g-dev nlohmann-json3-dev libcli11-dev
+          libgtest-dev dataset-fashion-mnist
+          python3 python3-numpy python3-h5py python3-torch)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "kiln setup: installing ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The CUDA backend builds wherever nvcc is; it runs only where a GPU is.
+cuda=ON
+if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+    echo "kiln setup: no nvcc found; building without the CUDA backend"
+    cuda=OFF
+fi
+mkdir -p "$build_dir"
+cmake -S "$repo" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_USE_CUDA=$cuda \
+    > "$build_dir/configure.log" 2>&1 || { cat "$build_dir/configure.log"; exit 1; }

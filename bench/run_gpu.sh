@@ -173,17 +173,6 @@ compute_cap,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,power.
     fi
 } > "$out/nvidia-smi.txt" 2>&1
 
-py=${KILN_PYTHON:-}
-if [[ -z $py ]]; then
-    for candidate in python3 /usr/bin/python3; do
-        if command -v "$candidate" > /dev/null && "$candidate" -c 'import torch' 2> /dev/null; then
-            py=$(command -v "$candidate")
-            break
-        fi
-    done
-fi
-[[ -n $py ]] || say "warning: no Python with torch found; the comparisons will fail"
-
 # ---- the bundle: Debian's headers and libraries, and the dataset ---------------------------------
 
 cmake_args=(-G Ninja -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release)
@@ -250,6 +239,18 @@ if [[ -d $bundle/fashion-mnist ]]; then
     fi
 fi
 export KILN_FASHION_MNIST_DIR=$data
+
+# The Python for the peers: chosen once the bundle's libraries are on the loader's path.
+py=${KILN_PYTHON:-}
+if [[ -z $py ]]; then
+    for candidate in python3 /usr/bin/python3; do
+        if command -v "$candidate" > /dev/null && "$candidate" -c 'import torch' 2> /dev/null; then
+            py=$(command -v "$candidate")
+            break
+        fi
+    done
+fi
+[[ -n $py ]] || say "warning: no Python with torch found; the comparisons will fail"
 
 # cuBLAS and cuDNN: where the CUDA toolkit lacks them but PyTorch's nvidia-* packages have them,
 # give CMake and the loader their headers and libraries (with the unversioned names a linker
@@ -334,7 +335,8 @@ if ((status == 0)); then
 fi
 if ((status == 0)); then
     ctest_args=(--test-dir "$build" --output-on-failure --parallel "$jobs" --timeout 120)
-    if ctest --help | grep -q -- --output-junit; then
+    # (grep without -q: with pipefail, an early exit of grep -q would fail the pipe)
+    if ctest --help 2> /dev/null | grep -- --output-junit > /dev/null; then
         ctest_args+=(--output-junit "$out/ctest-junit.xml")
     fi
     run_step ctest 150 ctest "${ctest_args[@]}" || status=1

@@ -22,25 +22,31 @@ protected:
     View view(std::vector<float>& v, Shape shape) { return View{v.data(), DType::kFloat32, shape}; }
 };
 
-TEST_F(CpuOpsTest, GemmMatchesLoopsForEveryTransposition) {
-    const int64_t m = 5, n = 4, k = 3;
-    for (int ta = 0; ta < 2; ++ta) {
-        for (int tb = 0; tb < 2; ++tb) {
-            std::vector<float> a = random_values(m * k, 1), bm = random_values(k * n, 2);
-            std::vector<float> c = random_values(m * n, 3), expected = c;
-            for (int64_t i = 0; i < m; ++i) {
-                for (int64_t j = 0; j < n; ++j) {
-                    double s = 0;
-                    for (int64_t p = 0; p < k; ++p) {
-                        const float av = ta ? a[p * m + i] : a[i * k + p];
-                        const float bv = tb ? bm[j * k + p] : bm[p * n + j];
-                        s += double(av) * bv;
+// C = 0.5 op(A) op(B) + 2 C against double loops, for every transposition; the larger shapes
+// take the path that splits C across threads, by rows (m ≥ n) and by columns (n > m).
+TEST_F(CpuOpsTest, GemmMatchesLoopsForEveryTranspositionAndShape) {
+    const int64_t shapes[][3] = {{5, 4, 3}, {200, 64, 96}, {16, 300, 128}};
+    for (const auto& shape : shapes) {
+        const int64_t m = shape[0], n = shape[1], k = shape[2];
+        for (int ta = 0; ta < 2; ++ta) {
+            for (int tb = 0; tb < 2; ++tb) {
+                std::vector<float> a = random_values(m * k, 1), bm = random_values(k * n, 2);
+                std::vector<float> c = random_values(m * n, 3), expected = c;
+                for (int64_t i = 0; i < m; ++i) {
+                    for (int64_t j = 0; j < n; ++j) {
+                        double s = 0;
+                        for (int64_t p = 0; p < k; ++p) {
+                            const float av = ta ? a[p * m + i] : a[i * k + p];
+                            const float bv = tb ? bm[j * k + p] : bm[p * n + j];
+                            s += double(av) * bv;
+                        }
+                        expected[i * n + j] = float(0.5 * s + 2.0 * expected[i * n + j]);
                     }
-                    expected[i * n + j] = float(0.5 * s + 2.0 * expected[i * n + j]);
                 }
+                b_->gemm(ta, tb, m, n, k, 0.5f, view(a, {}), view(bm, {}), 2.0f, view(c, {}));
+                EXPECT_TRUE(testing::all_close(c, expected, 1e-4, 1e-4))
+                    << "m " << m << " n " << n << " k " << k << " ta " << ta << " tb " << tb;
             }
-            b_->gemm(ta, tb, m, n, k, 0.5f, view(a, {}), view(bm, {}), 2.0f, view(c, {}));
-            EXPECT_TRUE(testing::all_close(c, expected, 1e-5, 1e-5)) << "ta " << ta << " tb " << tb;
         }
     }
 }

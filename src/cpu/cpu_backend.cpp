@@ -4,7 +4,6 @@
 //
 // Reductions (bias gradients, loss sums) run in a fixed order so that the same inputs give the
 // same bits on every run, whatever the thread count.
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -16,15 +15,10 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/blas.h"
 #include "kernels/math.h"
 #include "kiln/backend.h"
 #include "kiln/status.h"
-
-extern "C" {
-// OpenBLAS's own queries; declared here because cblas.h does not always expose them.
-int openblas_get_num_threads(void);
-char* openblas_get_config(void);
-}
 
 namespace kiln {
 namespace {
@@ -32,6 +26,8 @@ namespace {
 // Below this many elements an element-wise loop runs on one thread: waking the OpenMP team
 // costs a few microseconds, more than a short loop itself.
 constexpr int64_t kParallelThreshold = 1 << 15;
+// A GEMM of fewer multiply-adds than this runs on one thread (about 10 µs of work).
+constexpr int64_t kParallelFlops = 1 << 19;
 
 void require_float(const View& v, const char* op) {
     if (v.dtype != DType::kFloat32 && v.dtype != DType::kFloat64) {
@@ -229,15 +225,20 @@ void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, 
 
 class CpuBackend final : public Backend {
 public:
-    CpuBackend() = default;
+    CpuBackend() : blas_(blas::library()) {
+        // One pool of threads: OpenBLAS runs single-threaded inside kiln's OpenMP threads, which
+        // split the large GEMMs themselves. Two pools spinning on the same cores (OpenBLAS's
+        // and OpenMP's) made an epoch several times slower on 2 cores.
+        blas_.set_num_threads(1);
+    }
 
     DeviceKind kind() const override { return DeviceKind::kCpu; }
 
     std::string description() const override {
-        std::string config = openblas_get_config();
-        return "cpu (" + config.substr(0, config.find(' ', config.find(' ') + 1)) + ", " +
-               std::to_string(openblas_get_num_threads()) + " BLAS threads, " +
-               std::to_string(omp_get_max_threads()) + " loop threads)";
+        std::string config = blas_.get_config();
+        return "cpu (" + config.substr(0, config.find(' ', config.find(' ') + 1)) + " " +
+               blas_.get_corename() + ", " + std::to_string(blas_.get_num_threads()) +
+               " BLAS threads, " + std::to_string(omp_get_max_threads()) + " loop threads)";
     }
 
     bool supports(DType dtype) const override {
@@ -271,18 +272,10 @@ public:
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
               const View& a, const View& b, float beta, const View& c) override {
         if (m == 0 || n == 0) return;
-        const auto ta = trans_a ? CblasTrans : CblasNoTrans;
-        const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-        const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
         dispatch(c, "gemm", [&](auto t) {
             using T = decltype(t);
-            if constexpr (std::is_same_v<T, float>) {
-                cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.as<float>(), lda,
-                            b.as<float>(), ldb, beta, c.as<float>(), n);
-            } else {
-                cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.as<double>(), lda,
-                            b.as<double>(), ldb, beta, c.as<double>(), n);
-            }
+            gemm_parallel<T>(trans_a, trans_b, m, n, k, alpha, a.as<T>(), b.as<T>(), beta,
+                             c.as<T>());
         });
     }
 
@@ -435,6 +428,60 @@ public:
             std::memcpy(d + r * row_bytes, s + static_cast<size_t>(idx[r]) * row_bytes, row_bytes);
         }
     }
+
+private:
+    // One GEMM call of OpenBLAS on a block of C. Row-major; leading dimensions are those of
+    // the whole matrices.
+    template <typename T>
+    void gemm_block(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const T* a, int64_t lda, const T* b, int64_t ldb, float beta, T* c,
+                    int64_t ldc) const {
+        const int ta = trans_a ? blas::kTrans : blas::kNoTrans;
+        const int tb = trans_b ? blas::kTrans : blas::kNoTrans;
+        if constexpr (std::is_same_v<T, float>) {
+            blas_.sgemm(blas::kRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b,
+                        int(ldb), beta, c, int(ldc));
+        } else {
+            blas_.dgemm(blas::kRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b,
+                        int(ldb), beta, c, int(ldc));
+        }
+    }
+
+    // Splits C across the OpenMP threads along its longer side (rows of C are rows of op(a),
+    // columns of C are columns of op(b)), each thread one single-threaded GEMM. Below
+    // kParallelFlops a GEMM runs on one thread: the split would cost more than it saves.
+    template <typename T>
+    void gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                       const T* a, const T* b, float beta, T* c) const {
+        const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n, ldc = n;
+        const int threads = omp_get_max_threads();
+        if (threads < 2 || m * n * k < kParallelFlops) {
+            gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return;
+        }
+        const bool split_rows = m >= n;
+        const int64_t extent = split_rows ? m : n;
+        // Chunks a multiple of 16 so that each thread's block keeps whole vector registers.
+        const int64_t chunk = std::max<int64_t>(16, (extent / threads + 15) / 16 * 16);
+        const int64_t n_chunks = (extent + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) num_threads(int(std::min<int64_t>(threads, n_chunks)))
+        for (int64_t ci = 0; ci < n_chunks; ++ci) {
+            const int64_t lo = ci * chunk, len = std::min(chunk, extent - lo);
+            if (split_rows) {
+                // Rows lo.. of op(a): row lo of a, or column lo of a stored transposed.
+                const T* a_block = trans_a ? a + lo : a + lo * lda;
+                gemm_block(trans_a, trans_b, len, n, k, alpha, a_block, lda, b, ldb, beta,
+                           c + lo * ldc, ldc);
+            } else {
+                // Columns lo.. of op(b): column lo of b, or row lo of b stored transposed.
+                const T* b_block = trans_b ? b + lo * ldb : b + lo;
+                gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, b_block, ldb, beta,
+                           c + lo, ldc);
+            }
+        }
+    }
+
+    const blas::Library& blas_;
 };
 
 }  // namespace

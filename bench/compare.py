@@ -47,9 +47,10 @@ def parse_args(argv):
     p.add_argument("--peer-modes",
                    help="comma-separated torch_mlp.py modes (default: eager on cpu; "
                         "eager,graph,compile on cuda, compile last because it compiles longest)")
-    p.add_argument("--threads", type=int, help="CPU threads for the peer (default: all cores)")
-    p.add_argument("--data", help="Fashion-MNIST folder; passed to the peer and exported to kiln "
-                                  "as KILN_FASHION_MNIST_DIR")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for both engines (default: each engine's own, all cores)")
+    p.add_argument("--data", help="Fashion-MNIST folder for both engines (--data; also exported "
+                                  "as KILN_FASHION_MNIST_DIR)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole sequence N times")
     p.add_argument("--run-timeout", type=float, default=300,
                    help="seconds one run may take before it is stopped (default: %(default)s)")
@@ -233,15 +234,16 @@ def main(argv):
     common = ["--device", args.device, "--epochs", str(args.epochs),
               "--warmup-epochs", str(args.warmup_epochs), "--batch-size", str(args.batch_size)]
 
+    # Both engines take --threads and --data; given once here, they get the same.
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    if args.data:
+        common += ["--data", os.path.abspath(args.data)]
+
     # The runs, in the order they happen within one round.
     runs = [("kiln", None, [args.kiln] + common + shlex.split(args.kiln_args))]
     for mode in args.peer_modes:
-        cmd = [args.python, PEER, "--mode", mode] + common
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        if args.data:
-            cmd += ["--data", os.path.abspath(args.data)]
-        runs.append(("pytorch", mode, cmd))
+        runs.append(("pytorch", mode, [args.python, PEER, "--mode", mode] + common))
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -197,7 +197,7 @@ unpacked_kib=$(du -sk "$stage" | cut -f1)
 XZ_OPT=${XZ_OPT:--6 -T0} tar -C "$stage" -cJf "$bundle/sysroot.tar.xz" .
 cp "$data_dir"/*-ubyte.gz "$bundle/fashion-mnist/"
 {
-    echo "# kiln GPU bundle, made $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname) by bench/gpu_bundle.sh"
+    echo "# kiln GPU bundle, made $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n) by bench/gpu_bundle.sh"
     echo "# $(. /etc/os-release && echo "$PRETTY_NAME"), unpacked sysroot ${unpacked_kib} KiB"
     echo "# package version (the .deb unpacked with dpkg -x)"
     for deb in "$work"/debs/*.deb; do dpkg-deb -f "$deb" Package Version | paste -sd' '; done

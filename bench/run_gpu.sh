@@ -182,7 +182,17 @@ if [[ -f $bundle/sysroot.tar.xz ]]; then
     sysroot=$build/bundle-sysroot
     rm -rf "$sysroot"
     mkdir -p "$sysroot"
-    tar -C "$sysroot" -xJf "$bundle/sysroot.tar.xz"
+    if command -v xz > /dev/null; then
+        tar -C "$sysroot" -xJf "$bundle/sysroot.tar.xz"
+    else
+        # No xz binary: Python's tarfile reads xz with its own lzma module.
+        python3 - "$bundle/sysroot.tar.xz" "$sysroot" << 'EOF'
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as archive:
+    trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+    archive.extractall(sys.argv[2], **trusted)
+EOF
+    fi
     libdir=$sysroot/usr/lib/$multiarch
     bundle_line="$bundle ($(grep -c '^Package:' "$bundle/MANIFEST" 2>/dev/null || echo '?') packages)"
 
@@ -293,6 +303,17 @@ if [[ -n $nvcc_path && -n $py ]]; then
         fi
     fi
 fi
+# Build tools: nvcc where CUDA installs it, ninja from the Python packages if not on the PATH
+# (else Makefiles).
+if ! command -v nvcc > /dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+    PATH=/usr/local/cuda/bin:$PATH
+fi
+if ! command -v ninja > /dev/null && [[ -n $py ]]; then
+    ninja_dir=$("$py" -c 'import ninja; print(ninja.BIN_DIR)' 2> /dev/null || true)
+    if [[ -n $ninja_dir ]]; then PATH=$ninja_dir:$PATH; fi
+fi
+command -v ninja > /dev/null || cmake_args[1]="Unix Makefiles"
+
 if [[ -n ${KILN_CMAKE_ARGS:-} ]]; then
     read -ra extra <<< "$KILN_CMAKE_ARGS"
     cmake_args+=("${extra[@]}")
@@ -301,7 +322,7 @@ fi
 {
     echo "date: $started_at"
     echo "commit: $commit"
-    echo "host: $(hostname) - $(uname -srm)"
+    echo "host: $(uname -n) - $(uname -srm)"
     grep -E '^(PRETTY_NAME)=' /etc/os-release 2> /dev/null || true
     echo "cpu: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-) x $jobs"
     echo "memory: $(awk '/^MemTotal/ {print $2 " kB"}' /proc/meminfo)"

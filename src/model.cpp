@@ -188,6 +188,7 @@ void Sequential::release_device_state() {
     layer_inputs_.clear();
     params_ = Tensor();
     grads_ = Tensor();
+    nontrainable_ = Tensor();
     opt_state_ = Tensor();
 }
 
@@ -278,31 +279,42 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
     iterations_ = 0;
     stop_training = false;
 
-    // Lay out every parameter in one flat buffer and initialise it.
-    int64_t offset = 0;
-    std::vector<std::vector<std::pair<int64_t, ParamInfo>>> layout(layers_.size());
+    // Lay out every trainable parameter in one flat buffer, every non-trainable one in another,
+    // and initialise them.
+    struct Slot {
+        int64_t offset;
+        ParamInfo info;
+    };
+    int64_t offset = 0, fixed_offset = 0;
+    std::vector<std::vector<Slot>> layout(layers_.size());
     for (size_t i = 0; i < layers_.size(); ++i) {
         for (const ParamInfo& p : layers_[i]->param_info()) {
-            layout[i].emplace_back(offset, p);
-            offset = align_up(offset + shape_elements(p.shape), kParamAlignment);
+            int64_t& next = p.trainable ? offset : fixed_offset;
+            layout[i].push_back({next, p});
+            next = align_up(next + shape_elements(p.shape), kParamAlignment);
         }
     }
     n_params_ = std::max<int64_t>(offset, 1);
     params_ = Tensor(*backend_, {n_params_}, dtype_);
     grads_ = Tensor(*backend_, {n_params_}, dtype_);
+    nontrainable_ = Tensor(*backend_, {std::max<int64_t>(fixed_offset, 1)}, dtype_);
     backend_->fill_zero(params_.view());
     backend_->fill_zero(grads_.view());  // the padding's gradient stays zero for ever
+    backend_->fill_zero(nontrainable_.view());
     const int slots = optimizer_state_slots(optimizer_.hyper);
     opt_state_ = Tensor(*backend_, {std::max<int64_t>(slots * n_params_, 1)}, dtype_);
     backend_->fill_zero(opt_state_.view());
     for (size_t i = 0; i < layers_.size(); ++i) {
         std::vector<View> p_views, g_views;
         for (size_t j = 0; j < layout[i].size(); ++j) {
-            const auto& [off, info] = layout[i][j];
-            p_views.push_back(params_.view().slice(off, info.shape));
-            g_views.push_back(grads_.view().slice(off, info.shape));
-            const std::vector<float> init = initial_values(info, seed_, i * 16 + j);
-            upload_values(*backend_, p_views.back(), init.data(), shape_elements(info.shape));
+            const Slot& slot = layout[i][j];
+            const Tensor& home = slot.info.trainable ? params_ : nontrainable_;
+            p_views.push_back(home.view().slice(slot.offset, slot.info.shape));
+            g_views.push_back(slot.info.trainable
+                                  ? grads_.view().slice(slot.offset, slot.info.shape)
+                                  : View{nullptr, dtype_, {}});
+            const std::vector<float> init = initial_values(slot.info, seed_, i * 16 + j);
+            upload_values(*backend_, p_views.back(), init.data(), shape_elements(slot.info.shape));
         }
         layers_[i]->bind(std::move(p_views), std::move(g_views));
     }
@@ -703,18 +715,20 @@ void Sequential::set_flat_parameters(const std::vector<double>& values) {
 View Sequential::parameters() const { return params_.view(); }
 size_t Sequential::parameter_bytes() const { return params_.bytes(); }
 
-int64_t Sequential::count_params() const {
+int64_t Sequential::count_params(bool trainable_only) const {
     int64_t n = 0;
     for (const auto& layer : layers_) {
-        for (const ParamInfo& p : layer->param_info()) n += shape_elements(p.shape);
+        for (const ParamInfo& p : layer->param_info()) {
+            if (p.trainable || !trainable_only) n += shape_elements(p.shape);
+        }
     }
     return n;
 }
 
 std::vector<LayerWeights> Sequential::get_weights() const {
-    // One read of the whole flat buffer, sliced on the host.
-    const std::vector<double> flat = flat_parameters();
-    const char* base = static_cast<const char*>(params_.data());
+    // One read of each flat buffer, sliced on the host.
+    const std::vector<double> trainable = read_doubles(backend(), params_);
+    const std::vector<double> fixed = read_doubles(backend(), nontrainable_);
     std::vector<LayerWeights> out;
     for (const auto& layer : layers_) {
         LayerWeights lw;
@@ -722,8 +736,11 @@ std::vector<LayerWeights> Sequential::get_weights() const {
         const auto infos = layer->param_info();
         for (size_t j = 0; j < infos.size(); ++j) {
             const View& v = layer->params()[j];
-            const size_t offset =
-                static_cast<size_t>(static_cast<const char*>(v.data) - base) / dtype_size(dtype_);
+            const Tensor& home = infos[j].trainable ? params_ : nontrainable_;
+            const std::vector<double>& flat = infos[j].trainable ? trainable : fixed;
+            const size_t offset = static_cast<size_t>(static_cast<const char*>(v.data) -
+                                                      static_cast<const char*>(home.data())) /
+                                  dtype_size(dtype_);
             NamedArray a;
             a.name = infos[j].name;
             a.shape = infos[j].shape;
@@ -818,8 +835,9 @@ std::string Sequential::summary() const {
     }
     out << double_rule << "\n";
     out << "Total params: " << with_commas(count_params()) << "\n";
-    out << "Trainable params: " << with_commas(count_params()) << "\n";
-    out << "Non-trainable params: 0\n" << rule << "\n";
+    out << "Trainable params: " << with_commas(count_params(true)) << "\n";
+    out << "Non-trainable params: " << with_commas(count_params() - count_params(true)) << "\n"
+        << rule << "\n";
     return out.str();
 }
 

@@ -22,6 +22,10 @@ struct ParamInfo {
     std::string name;  // "kernel", "bias"
     Shape shape;
     std::string initializer;  // "glorot_uniform", "zeros", ...
+    // Non-trainable weights (BatchNormalization's moving statistics) live in a flat buffer of
+    // their own, which the optimizer never touches and snapshots and checkpoints include; the
+    // layer gets no gradient view for them.
+    bool trainable = true;
 };
 
 // What a forward or backward pass needs besides its tensors.
@@ -49,7 +53,8 @@ public:
     const Shape& output_shape() const { return output_shape_; }
 
     virtual std::vector<ParamInfo> param_info() const { return {}; }
-    // Views into the model's flat parameter and gradient buffers, in param_info() order.
+    // Views into the model's flat parameter and gradient buffers, in param_info() order (a
+    // non-trainable weight's gradient view is empty).
     void bind(std::vector<View> params, std::vector<View> grads) {
         params_ = std::move(params);
         grads_ = std::move(grads);

@@ -81,10 +81,14 @@ public:
     std::vector<LayerWeights> get_weights() const;
     // Throws kiln::Error naming the layer on a count or shape mismatch.
     void set_weights(const std::vector<LayerWeights>& weights);
-    // The flat parameter buffer on the device (every layer's weights, padded, in layer order).
+    // The flat buffer of trainable parameters on the device (every layer's, padded, in layer
+    // order), and that of the non-trainable ones (moving statistics). A snapshot of the model's
+    // weights is a copy of both.
     View parameters() const;
+    View nontrainable_parameters() const { return nontrainable_.view(); }
     size_t parameter_bytes() const;
-    int64_t count_params() const;
+    // Keras's count: every weight, or only the trainable ones.
+    int64_t count_params(bool trainable_only = false) const;
 
     // ---- gradient checks and debugging ----------------------------------------------------
     // Forward, loss and backward over all of x (one batch, in training mode), without an
@@ -159,6 +163,7 @@ private:
     int64_t iterations_ = 0;  // optimizer steps taken (Keras's optimizer.iterations)
 
     Tensor params_, grads_, opt_state_;
+    Tensor nontrainable_;   // non-trainable weights; never updated by the optimizer
     int64_t n_params_ = 0;  // elements of the flat buffers, padding included
     std::unique_ptr<Buffers> buffers_;
     std::vector<View> layer_inputs_;  // each layer's input in the last forward pass

@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
         const std::vector<double> timed(timer->seconds.begin() + warmup, timer->seconds.end());
         const double med = median(timed);
         const int64_t train_samples = static_cast<int64_t>(
-            std::ceil(static_cast<double>(data.train.x.rows()) * (1.0 - args.validation_split)));
+            std::floor(static_cast<double>(data.train.x.rows()) * (1.0 - args.validation_split)));
         const uint64_t max_reads = *std::max_element(timer->reads.begin(), timer->reads.end());
 
         std::printf("kiln bench_fit: %s\n", model.backend().description().c_str());

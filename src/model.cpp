@@ -483,9 +483,10 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         val_x = args.validation_data->x.values.data();
         val_y = args.validation_data->y.values.data();
     } else if (args.validation_split > 0.0) {
-        // Keras: the first ceil(n · (1 - split)) samples train, the rest validate, unshuffled.
+        // Keras: the first floor(n · (1 - split)) samples train, the rest validate, unshuffled
+        // (keras/src/trainers/data_adapters/array_slicing.py, train_validation_split).
         n_train = static_cast<int64_t>(
-            std::ceil(static_cast<double>(x.rows()) * (1.0 - args.validation_split)));
+            std::floor(static_cast<double>(x.rows()) * (1.0 - args.validation_split)));
         n_val = x.rows() - n_train;
         if (n_val == 0 || n_train == 0) {
             throw Error("fit: validation_split " + std::to_string(args.validation_split) +

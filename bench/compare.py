@@ -317,6 +317,15 @@ def main(argv):
           f"{args.warmup_epochs} warm-up, {args.rounds} round(s); "
           "epoch = training steps + validation")
     print(table(report))
+    # What each engine says it ran on, so that a fallback (say, to the CPU) cannot pass unseen.
+    for name, r in [("kiln", report["kiln"])] + [(f"pytorch {m}", r)
+                                                 for m, r in report["peers"].items()]:
+        if r and "error" not in r:
+            where = str(r.get("device", "?"))
+            extra = (f", torch {r['torch_version']}, {r.get('threads')} CPU threads"
+                     if "torch_version" in r else "")
+            warn = "" if args.device in where.lower() else f"  <- not {args.device}!"
+            print(f"  {name}: {where}{extra}{warn}")
     if report["ratios"]:
         print("peer/kiln = PyTorch median epoch time / kiln median epoch time "
               "(above 1: kiln is faster)")

@@ -9,7 +9,8 @@
 # bench/run_gpu.sh then uses the bundle. It holds:
 #
 #   sysroot.tar.xz   Debian's own files, unpacked with `dpkg -x` from `apt-get download`ed
-#                    .debs of the versions installed here: the headers, CMake files and static
+#                    .debs of the versions installed here (or the mirror's rebuild where it has
+#                    dropped the installed one): the headers, CMake files and static
 #                    GoogleTest of the -dev packages kiln builds against, and every shared
 #                    library that libhdf5 and libopenblas load (found with ldd), except glibc's
 #                    and GCC's runtime, which any machine with g++ has. xz because OpenBLAS alone
@@ -18,9 +19,9 @@
 #   MANIFEST         packages and versions, sizes, and how the bundle was made
 #   COMMIT           `git rev-parse HEAD` and whether the tree had changes, refreshed every run
 #
-# Why ldd and not `apt-cache depends`: the -dev packages depend on much that only static linking
-# or the h5cc wrapper need (libcurl4-openssl-dev, libjpeg-dev, gfortran bits); what the loader
-# needs at run time is exactly the closure of the libraries' NEEDED entries.
+# Why ldd and not `apt-cache depends`: libhdf5-dev depends on much that only static linking, the
+# h5cc wrapper or the other language bindings need (libcurl4-openssl-dev, libssl-dev, libjpeg-dev,
+# the C++ and Fortran libraries); what the loader needs is the closure of the NEEDED entries.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,8 +37,8 @@ multiarch=x86_64-linux-gnu
 dev_packages=(libhdf5-dev libopenblas-dev libopenblas-pthread-dev nlohmann-json3-dev
               libcli11-dev libgtest-dev zlib1g-dev)
 # Libraries the build links directly; their run-time closure is found with ldd below.
-seed_libs=(/usr/lib/$multiarch/libhdf5_serial.so.103
-           /usr/lib/$multiarch/openblas-pthread/libopenblas.so.0)
+seed_libs=("/usr/lib/$multiarch/libhdf5_serial.so.103"
+           "/usr/lib/$multiarch/openblas-pthread/libopenblas.so.0")
 # Present wherever g++ and Python run; taking them along would only risk a clash.
 never_bundle='^(libc6|libgcc-s1|libstdc\+\+6)$'
 
@@ -81,7 +82,7 @@ mkdir -p "$work/debs" "$stage"
 
 # The package that installed a file; usrmerge means dpkg may know it as /lib/... or /usr/lib/...
 owner_of() {
-    local f=$1 real
+    local f=$1 real out candidate
     real=$(readlink -f "$f")
     for candidate in "$f" "$real" "${f#/usr}" "${real#/usr}" "/usr$f" "/usr$real"; do
         if out=$(dpkg -S "$candidate" 2>/dev/null); then
@@ -130,10 +131,11 @@ for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$stage"; done
 
 # Put /lib/... under /usr/lib/... (Debian 12 still ships some libraries in /lib).
 if [[ -d $stage/lib && ! -L $stage/lib ]]; then
+    mkdir -p "$stage/usr/lib"
     cp -a "$stage/lib/." "$stage/usr/lib/"
-    rm -rf "$stage/lib"
+    rm -rf "${stage:?}/lib"
 fi
-rm -rf "$stage/lib" "$stage/lib64" "$stage/bin" "$stage/sbin" "$stage/etc"
+rm -rf "${stage:?}/lib" "${stage:?}/lib64" "${stage:?}/bin" "${stage:?}/sbin" "${stage:?}/etc"
 
 # Make absolute links relative, so the tree works wherever it is unpacked.
 while IFS= read -r link; do
@@ -145,10 +147,12 @@ done < <(find "$stage" -type l)
 
 # ---- keep only what the build and the loader use ------------------------------------------------
 
-usr=$stage/usr
+usr=${stage:?}/usr
 lib=$usr/lib/$multiarch
-rm -rf "$usr/share/doc" "$usr/share/man" "$usr/share/lintian" "$usr/share/info" \
-       "$usr/share/bug" "$usr/share/locale" "$usr/src" "$usr/bin" "$usr/sbin" "$usr/libexec"
+for d in share/doc share/man share/lintian share/info share/bug share/locale \
+         src bin sbin libexec; do
+    rm -rf "${usr:?}/$d"
+done
 # Static archives, except GoogleTest's (it ships no shared library); LAPACK, which kiln does
 # not use (7 MB); HDF5's Fortran modules and the settings files.
 find "$usr" \( -name '*.a' ! -name 'libgtest*.a' \) -delete
@@ -197,7 +201,8 @@ unpacked_kib=$(du -sk "$stage" | cut -f1)
 XZ_OPT=${XZ_OPT:--6 -T0} tar -C "$stage" -cJf "$bundle/sysroot.tar.xz" .
 cp "$data_dir"/*-ubyte.gz "$bundle/fashion-mnist/"
 {
-    echo "# kiln GPU bundle, made $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n) by bench/gpu_bundle.sh"
+    echo "# kiln GPU bundle, made $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)" \
+         "by bench/gpu_bundle.sh"
     echo "# $(. /etc/os-release && echo "$PRETTY_NAME"), unpacked sysroot ${unpacked_kib} KiB"
     echo "# package version (the .deb unpacked with dpkg -x)"
     for deb in "$work"/debs/*.deb; do dpkg-deb -f "$deb" Package Version | paste -sd' '; done
@@ -207,6 +212,7 @@ cp "$data_dir"/*-ubyte.gz "$bundle/fashion-mnist/"
 
 write_commit
 total_kib=$(du -sk "$bundle" | cut -f1)
-log "wrote $bundle: $((total_kib / 1024)) MiB ($total_kib KiB; sysroot unpacked $((unpacked_kib / 1024)) MiB)"
+log "wrote $bundle: $((total_kib / 1024)) MiB ($total_kib KiB;" \
+    "sysroot unpacked $((unpacked_kib / 1024)) MiB)"
 (( total_kib <= limit_mib * 1024 )) ||
     die "the bundle is over ${limit_mib} MiB; the device tool carries 64 MiB with the tree"

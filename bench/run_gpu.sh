@@ -98,7 +98,8 @@ write_record() {
         echo
         echo "- commit: ${commit:-unknown}"
         echo "- GPU: ${gpu_line:-none}"
-        echo "- CPU: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $jobs cores"
+        echo "- CPU: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')," \
+             "$jobs cores"
         echo "- command: bench/run_gpu.sh OUT_DIR (budget ${budget}s; benchmarks: $epochs timed" \
              "epochs after $warmup warm-up, batch 32, fp32 without TF32)"
         echo "- bundle: ${bundle_line:-none}"
@@ -115,8 +116,8 @@ write_record() {
             echo
             echo '```'
             grep -E 'tests passed|tests failed|Total Test time' "$logs/ctest.log" || true
-            sed -n '/^The following tests did not run:/,/^$/p;/^The following tests FAILED:/,/^$/p' \
-                "$logs/ctest.log"
+            sed -n -e '/^The following tests did not run:/,/^$/p' \
+                -e '/^The following tests FAILED:/,/^$/p' "$logs/ctest.log"
             sed -n '/^Label Time Summary:/,/^$/p' "$logs/ctest.log"
             echo '```'
         fi
@@ -160,7 +161,7 @@ have_gpu=0
 if command -v nvidia-smi > /dev/null && timeout 30 nvidia-smi -L > /dev/null 2>&1; then
     have_gpu=1
     gpu_line=$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap \
-        --format=csv,noheader | head -1)
+        --format=csv,noheader | head -1 || true)
 fi
 {
     if command -v nvidia-smi > /dev/null; then
@@ -194,7 +195,8 @@ with tarfile.open(sys.argv[1]) as archive:
 EOF
     fi
     libdir=$sysroot/usr/lib/$multiarch
-    bundle_line="$bundle ($(grep -c '^Package:' "$bundle/MANIFEST" 2>/dev/null || echo '?') packages)"
+    packages=$(grep -c '^Package:' "$bundle/MANIFEST" 2> /dev/null || echo '?')
+    bundle_line="$bundle ($packages packages)"
 
     # The loader gets only the libraries this machine lacks (and always the two kiln links), so
     # that nothing else that runs here, Python and PyTorch included, sees a second copy of a
@@ -269,7 +271,9 @@ cuda_note="toolkit as found"
 nvcc_path=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2> /dev/null || true)
 if [[ -n $nvcc_path && -n $py ]]; then
     cuda_root=$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")
-    in_toolkit() { [[ -n $(find "$cuda_root/" -maxdepth 4 -name "$1" -print -quit 2> /dev/null) ]]; }
+    in_toolkit() {
+        [[ -n $(find "$cuda_root/" -maxdepth 4 -name "$1" -print -quit 2> /dev/null) ]]
+    }
     missing=()
     in_toolkit libcublas.so || missing+=(cublas)
     in_toolkit cudnn.h || [[ -e /usr/include/cudnn.h || -e /usr/include/$multiarch/cudnn.h ]] ||

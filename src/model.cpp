@@ -858,6 +858,19 @@ std::string Sequential::training_config_json() const {
     return config.dump();
 }
 
+Status Sequential::request_checkpoint(const CheckpointRequest& request) {
+    if (request.weights_only) {
+        return Status::unsupported(request.path + ": weights-only checkpoints are not written yet");
+    }
+    if (request.snapshot_slot >= 0) {
+        return Status::unsupported(request.path + ": checkpoints from a snapshot slot are not "
+                                   "written yet");
+    }
+    return save(request.path);
+}
+
+Status Sequential::wait_for_checkpoints() { return Status::ok(); }
+
 Status Sequential::save(const std::string& path) const {
     SavedModel saved;
     saved.config = config();

@@ -376,7 +376,8 @@ with h5py.File(path, "w") as f:
         # tf.keras 2: vlen bytes list for layer_names, "<layer>/<var>:0" weight names.
         groups = ["fc1", "dropout", "fc2"]
         w.attrs["layer_names"] = [g.encode("utf8") for g in groups]
-        weight_names = {"fc1": ["fc1/kernel:0", "fc1/bias:0"], "fc2": ["fc2/kernel:0", "fc2/bias:0"]}
+        weight_names = {"fc1": ["fc1/kernel:0", "fc1/bias:0"],
+                        "fc2": ["fc2/kernel:0", "fc2/bias:0"]}
     else:
         # Keras 3 paths, group names that differ from the config's (pairing is positional),
         # layer_names split into fixed-length pieces, float64 data.
@@ -714,7 +715,8 @@ TEST_F(HDF5Array, ListsDatasetsOnly) {
     Status s = data::list_hdf5_datasets(path_, "/", &names);
     ASSERT_TRUE(s.is_ok()) << s.message();
     // Not the group, not the soft link.
-    EXPECT_EQ(names, std::vector<std::string>({"bomb", "huge", "names", "unwritten", "x_u8", "y_i64"}));
+    EXPECT_EQ(names, std::vector<std::string>(
+                         {"bomb", "huge", "names", "unwritten", "x_u8", "y_i64"}));
     s = data::list_hdf5_datasets(path_, "group", &names);
     ASSERT_TRUE(s.is_ok()) << s.message();
     EXPECT_EQ(names, std::vector<std::string>({"x_f64"}));

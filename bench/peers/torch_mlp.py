@@ -376,7 +376,7 @@ def main(argv):
             print("torch_mlp: --device cuda but torch.cuda.is_available() is False",
                   file=sys.stderr)
             return 2
-        device_name = torch.cuda.get_device_name(0)
+        device_name = f"cuda ({torch.cuda.get_device_name(0)})"
     else:
         torch.set_num_threads(args.threads)
         device_name = "cpu"

@@ -57,6 +57,14 @@ public:
     virtual void on_test_end(const Logs& logs) { (void)logs; }
     virtual bool wants_batch_logs() const { return false; }
 
+    // ---- state that survives a resume ----------------------------------------------------
+    // A callback with state (a best value, a wait counter) names itself with a key unique in
+    // the run and returns its state as a JSON object; checkpoints store it, and resuming hands
+    // it back through restore_state before on_train_begin.
+    virtual std::string state_key() const { return ""; }
+    virtual std::string state_json() const { return "{}"; }
+    virtual void restore_state(const std::string& json) { (void)json; }
+
 protected:
     Sequential* model_ = nullptr;
     int epochs_ = 0;

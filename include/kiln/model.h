@@ -19,6 +19,7 @@
 
 #include "kiln/backend.h"
 #include "kiln/callbacks.h"
+#include "kiln/checkpoint.h"
 #include "kiln/data.h"
 #include "kiln/layers.h"
 #include "kiln/losses.h"
@@ -103,6 +104,15 @@ public:
     // The Keras legacy HDF5 full-model file (config, weights, training config), written
     // atomically.
     Status save(const std::string& path) const;
+
+    // Writes a checkpoint for a callback. Training does not wait for the disk where the
+    // writer is asynchronous; a failure is reported as a Status here or by
+    // wait_for_checkpoints, and never leaves a partial file.
+    // TODO(checkpoint): synchronous for now; the checkpoint-files issue makes it asynchronous
+    // (pinned staging on a copy stream, one writer thread) and adds weights-only files.
+    Status request_checkpoint(const CheckpointRequest& request);
+    // Blocks until every requested checkpoint is on disk; the first failure since the last call.
+    Status wait_for_checkpoints();
 
     // ---- description ---------------------------------------------------------------------
     ModelConfig config() const;

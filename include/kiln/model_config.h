@@ -45,7 +45,9 @@ struct ModelConfig {
 Status model_config_from_json(const std::string& json_text, ModelConfig* out);
 Status load_model_config(const std::string& path, ModelConfig* out);  // a .json file
 
-// Writes the JSON Keras 3's `model.to_json()` writes for this model, which Keras 2 also reads.
+// Writes the model as Keras JSON in the Keras-2 dialect (an explicit InputLayer with
+// batch_input_shape, dtype as a string, nested {"class_name", "config"} objects), which both
+// Keras 2 and Keras 3 load (shared/reference/hdf5-format.md, section 0).
 std::string model_config_to_json(const ModelConfig& config);
 
 // A weight as stored in a model file: Keras's names and layouts (a Dense kernel is

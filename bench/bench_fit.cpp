@@ -8,8 +8,6 @@
 // read that brings the epoch's figures to the host, so it is the time a user waits per epoch.
 // Warm-up epochs run first and are not timed. The median of the timed epochs is reported with
 // samples per second and the blocking device reads per epoch.
-#include <omp.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -91,7 +89,8 @@ int main(int argc, char** argv) {
         }
     }
     if (epochs < 1 || warmup < 0 || batch < 1) return usage("need epochs >= 1, batch >= 1");
-    if (threads > 0) omp_set_num_threads(threads);
+    // The CPU backend reads KILN_NUM_THREADS when it first starts its pool.
+    if (threads > 0) setenv("KILN_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
     kiln::data::Dataset data;
     const kiln::Status status = kiln::data::load_dataset(data_spec, {}, &data);

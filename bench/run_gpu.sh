@@ -5,7 +5,8 @@
 #   bench/gpu_bundle.sh         # first, on the project's Debian build machine: bench/gpu-bundle/
 #   bench/run_gpu.sh OUT_DIR    # then on the GPU machine, from the repository root or anywhere
 #
-# Through the device tool: carry ["bench/gpu-bundle"], command "bench/run_gpu.sh $OUT".
+# Through the device tool: carry ["bench/gpu-bundle"], command "bash bench/run_gpu.sh $OUT",
+# timeout_s about 500 (the budget below plus the untimed set-up and the last write).
 #
 # OUT_DIR gets eight files, no more (the device tool brings back at most 8):
 #   summary.md         each step's result and time, the test totals, both comparison tables,

@@ -15,13 +15,13 @@ Where PyTorch and Keras differ in a way that matters, this file follows Keras:
 - each epoch ends with a validation pass (batch 32, no gradients) whose loss is the mean over
   samples, as Keras reports val_loss.
 Two differences are left on purpose, both far below what a benchmark can see: Keras adds epsilon
-to sqrt(v) before the bias correction of the step size and PyTorch after it, and Keras clips
-softmax probabilities to [1e-7, 1 - 1e-7] where cross-entropy on logits needs no clip.
+to sqrt(v) and PyTorch to the bias-corrected sqrt(v / (1 - beta2^t)), and Keras clips softmax
+probabilities to [1e-7, 1 - 1e-7] where cross-entropy on logits needs no clip.
 
 Modes:
   eager    the plain loop; on CUDA with the data resident on the device and Adam(fused=True)
-  compile  torch.compile(mode="reduce-overhead") of forward + loss (PyTorch 2.x; backward and the
-           fused Adam step stay eager)
+  compile  torch.compile(mode="reduce-overhead") of forward + loss, whose backward AOTAutograd
+           compiles with it (PyTorch 2.x); the fused Adam step stays eager
   graph    one CUDA graph per step shape, captured by hand: the batch is gathered on the device by
            index from the resident data, then forward, backward and a capturable Adam step
 Float32 with TF32 off everywhere, as kiln runs.

@@ -4,8 +4,6 @@
 //
 // Reductions (bias gradients, loss sums) run in a fixed order so that the same inputs give the
 // same bits on every run, whatever the thread count.
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -16,6 +14,7 @@
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/parallel.h"
 #include "kernels/math.h"
 #include "kiln/backend.h"
 #include "kiln/status.h"
@@ -28,6 +27,39 @@ namespace {
 constexpr int64_t kParallelThreshold = 1 << 15;
 // A GEMM of fewer multiply-adds than this runs on one thread (about 10 µs of work).
 constexpr int64_t kParallelFlops = 1 << 19;
+// Chunks per thread of a parallel loop: more than one, so that on a busy machine a thread the
+// OS has paused holds up only a small piece of the loop.
+constexpr int kChunksPerThread = 4;
+
+// Runs body(begin, end) over [0, n) on the backend's pool, in chunks of at least `grain`
+// items whose boundaries are multiples of `align`; inline when n is small.
+template <typename Body>
+void parallel_range(int64_t n, int64_t grain, int64_t align, Body&& body) {
+    cpu::ThreadPool& pool = cpu::ThreadPool::shared();
+    const int64_t max_chunks = std::min<int64_t>(pool.threads() * kChunksPerThread, n / grain);
+    if (pool.threads() < 2 || max_chunks < 2) {
+        body(int64_t(0), n);
+        return;
+    }
+    const int chunks = static_cast<int>(max_chunks);
+    auto bound = [&](int c) { return c == chunks ? n : (n * c / chunks) / align * align; };
+    pool.parallel_for(chunks, [&](int c) { body(bound(c), bound(c + 1)); });
+}
+
+// Element-wise loops: chunks of whole vectors, parallel above kParallelThreshold elements.
+template <typename Body>
+void parallel_elements(int64_t n, Body&& body) {
+    parallel_range(n, kParallelThreshold / 2, 16, body);
+}
+
+// Row-wise loops: body(r) for every row, parallel above kParallelThreshold elements.
+template <typename Body>
+void parallel_rows(int64_t rows, int64_t cols, Body&& body) {
+    const int64_t grain = std::max<int64_t>(1, kParallelThreshold / 2 / std::max<int64_t>(cols, 1));
+    parallel_range(rows, grain, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) body(r);
+    });
+}
 
 void require_float(const View& v, const char* op) {
     if (v.dtype != DType::kFloat32 && v.dtype != DType::kFloat64) {
@@ -177,21 +209,22 @@ T loss_row(const LossSpec& spec, const T* pred, const T* target, T* g, int64_t c
 template <typename T>
 void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, T* __restrict s,
                 int64_t n) {
-    const bool parallel = n > kParallelThreshold;
     switch (o.kind) {
         case OptimizerKind::kSGD: {
             const T lr = T(o.learning_rate), momentum = T(o.momentum);
             const bool nesterov = o.nesterov;
             T* __restrict m = s;
-            if (momentum == T(0)) {
-#pragma omp parallel for simd schedule(static) if (parallel)
-                for (int64_t i = 0; i < n; ++i) p[i] -= lr * g[i];
-            } else {
-#pragma omp parallel for simd schedule(static) if (parallel)
-                for (int64_t i = 0; i < n; ++i) {
-                    math::sgd_update(lr, momentum, nesterov, p + i, g[i], m + i);
+            parallel_elements(n, [&](int64_t begin, int64_t end) {
+                if (momentum == T(0)) {
+#pragma omp simd
+                    for (int64_t i = begin; i < end; ++i) p[i] -= lr * g[i];
+                } else {
+#pragma omp simd
+                    for (int64_t i = begin; i < end; ++i) {
+                        math::sgd_update(lr, momentum, nesterov, p + i, g[i], m + i);
+                    }
                 }
-            }
+            });
             return;
         }
         case OptimizerKind::kAdam:
@@ -200,10 +233,12 @@ void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, 
             const T decay = math::adamw_decay<T>(o);
             T* __restrict m = s;
             T* __restrict v = s + n;
-#pragma omp parallel for simd schedule(static) if (parallel)
-            for (int64_t i = 0; i < n; ++i) {
-                math::adam_update(b1, b2, eps, alpha, decay, p + i, g[i], m + i, v + i);
-            }
+            parallel_elements(n, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+                for (int64_t i = begin; i < end; ++i) {
+                    math::adam_update(b1, b2, eps, alpha, decay, p + i, g[i], m + i, v + i);
+                }
+            });
             return;
         }
         case OptimizerKind::kRMSprop: {
@@ -213,11 +248,13 @@ void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, 
             T* __restrict vel = s;
             T* __restrict mom = s + n;
             T* __restrict avg = s + 2 * n;
-#pragma omp parallel for simd schedule(static) if (parallel)
-            for (int64_t i = 0; i < n; ++i) {
-                math::rmsprop_update(lr, rho, momentum, eps, centered, p + i, g[i], vel + i,
-                                     mom + i, avg + i);
-            }
+            parallel_elements(n, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+                for (int64_t i = begin; i < end; ++i) {
+                    math::rmsprop_update(lr, rho, momentum, eps, centered, p + i, g[i], vel + i,
+                                         mom + i, avg + i);
+                }
+            });
             return;
         }
     }
@@ -226,7 +263,7 @@ void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, 
 class CpuBackend final : public Backend {
 public:
     CpuBackend() : blas_(blas::library()) {
-        // One pool of threads: OpenBLAS runs single-threaded inside kiln's OpenMP threads, which
+        // One pool of threads: OpenBLAS runs single-threaded inside kiln's pool (cpu/parallel.h), which
         // split the large GEMMs themselves. Two pools spinning on the same cores (OpenBLAS's
         // and OpenMP's) made an epoch several times slower on 2 cores.
         blas_.set_num_threads(1);
@@ -238,7 +275,8 @@ public:
         std::string config = blas_.get_config();
         return "cpu (" + config.substr(0, config.find(' ', config.find(' ') + 1)) + " " +
                blas_.get_corename() + ", " + std::to_string(blas_.get_num_threads()) +
-               " BLAS threads, " + std::to_string(omp_get_max_threads()) + " loop threads)";
+               " BLAS threads, " + std::to_string(cpu::ThreadPool::shared().threads()) +
+               " threads)";
     }
 
     bool supports(DType dtype) const override {
@@ -288,8 +326,7 @@ public:
             T* yp = y.as<T>();
             const T* bp = bias.as<T>();
             const T alpha = T(act.alpha);
-#pragma omp parallel for schedule(static) if (rows * cols > kParallelThreshold)
-            for (int64_t r = 0; r < rows; ++r) {
+            parallel_rows(rows, cols, [&](int64_t r) {
                 T* zr = zp + r * cols;
                 T* yr = yp + r * cols;
                 if (bp) {
@@ -302,7 +339,7 @@ public:
                         yr[c] = math::activation_forward(act.kind, alpha, zr[c]);
                     }
                 }
-            }
+            });
         });
     }
 
@@ -315,8 +352,7 @@ public:
             const T* dyp = dy.as<T>();
             T* dzp = dz.as<T>();
             const T alpha = T(act.alpha);
-#pragma omp parallel for schedule(static) if (rows * cols > kParallelThreshold)
-            for (int64_t r = 0; r < rows; ++r) {
+            parallel_rows(rows, cols, [&](int64_t r) {
                 const int64_t o = r * cols;
                 if (act.kind == Activation::kSoftmax) {
                     T dot = 0;
@@ -328,7 +364,7 @@ public:
                                                       act.kind, alpha, zp[o + c], yp[o + c]);
                     }
                 }
-            }
+            });
         });
     }
 
@@ -377,12 +413,13 @@ public:
             T* yp = y.as<T>();
             T* mp = mask.as<T>();
             const T keep_scale = T(1) / (T(1) - T(rate));
-#pragma omp parallel for schedule(static) if (n > kParallelThreshold)
-            for (int64_t i = 0; i < n; ++i) {
-                const float u = math::uniform01(math::hash3(seed, counter, uint64_t(i)));
-                mp[i] = u >= rate ? keep_scale : T(0);
-                yp[i] = xp[i] * mp[i];
-            }
+            parallel_elements(n, [&](int64_t begin, int64_t end) {
+                for (int64_t i = begin; i < end; ++i) {
+                    const float u = math::uniform01(math::hash3(seed, counter, uint64_t(i)));
+                    mp[i] = u >= rate ? keep_scale : T(0);
+                    yp[i] = xp[i] * mp[i];
+                }
+            });
         });
     }
 
@@ -392,8 +429,9 @@ public:
             const T* ap = a.as<T>();
             const T* bp = b.as<T>();
             T* op = out.as<T>();
-#pragma omp parallel for schedule(static) if (n > kParallelThreshold)
-            for (int64_t i = 0; i < n; ++i) op[i] = ap[i] * bp[i];
+            parallel_elements(n, [&](int64_t begin, int64_t end) {
+                for (int64_t i = begin; i < end; ++i) op[i] = ap[i] * bp[i];
+            });
         });
     }
 
@@ -447,26 +485,22 @@ private:
         }
     }
 
-    // Splits C across the OpenMP threads along its longer side (rows of C are rows of op(a),
+    // Splits C across the pool's threads along its longer side (rows of C are rows of op(a),
     // columns of C are columns of op(b)), each thread one single-threaded GEMM. Below
     // kParallelFlops a GEMM runs on one thread: the split would cost more than it saves.
     template <typename T>
     void gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                        const T* a, const T* b, float beta, T* c) const {
         const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n, ldc = n;
-        const int threads = omp_get_max_threads();
-        if (threads < 2 || m * n * k < kParallelFlops) {
+        if (m * n * k < kParallelFlops) {
             gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
             return;
         }
         const bool split_rows = m >= n;
-        const int64_t extent = split_rows ? m : n;
-        // Chunks a multiple of 16 so that each thread's block keeps whole vector registers.
-        const int64_t chunk = std::max<int64_t>(16, (extent / threads + 15) / 16 * 16);
-        const int64_t n_chunks = (extent + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) num_threads(int(std::min<int64_t>(threads, n_chunks)))
-        for (int64_t ci = 0; ci < n_chunks; ++ci) {
-            const int64_t lo = ci * chunk, len = std::min(chunk, extent - lo);
+        // Blocks of at least 16 rows or columns, which keeps whole vector registers in each.
+        parallel_range(split_rows ? m : n, 16, 16, [&](int64_t lo, int64_t hi) {
+            const int64_t len = hi - lo;
+            if (len == 0) return;
             if (split_rows) {
                 // Rows lo.. of op(a): row lo of a, or column lo of a stored transposed.
                 const T* a_block = trans_a ? a + lo : a + lo * lda;
@@ -478,7 +512,7 @@ private:
                 gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, b_block, ldb, beta,
                            c + lo, ldc);
             }
-        }
+        });
     }
 
     const blas::Library& blas_;

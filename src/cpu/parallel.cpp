@@ -1,5 +1,7 @@
 #include "cpu/parallel.h"
 
+#include <xmmintrin.h>
+
 #include <cstdlib>
 #include <string>
 
@@ -95,6 +97,9 @@ void ThreadPool::parallel_for(int n_chunks, const std::function<void(int)>& fn) 
 }
 
 void ThreadPool::worker_main(int index) {
+    // The backend's ops flush denormals to zero (cpu_backend.cpp says why); its workers run
+    // only those ops, so they keep the mode for good.
+    _mm_setcsr(_mm_getcsr() | 0x8040);
     uint64_t seen = 0;
     auto ready = [&](uint64_t g) { return g % 2 == 0 && g != seen; };
     for (;;) {

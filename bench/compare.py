@@ -2,10 +2,12 @@
 """Runs kiln's benchmark and its PyTorch peer on one device, in one invocation, and compares them.
 
     bench/compare.py --device cuda --epochs 3 --warmup-epochs 1 --json results.json
+    bench/compare.py --model cnn --batch-size 128 --rounds 2   # the convnet preset
 
 Each engine runs as its own process, one after the other (kiln first, then each peer mode; with
 --rounds N the whole sequence repeats N times, so that a drift of the machine shows in both). Both
-train the same recipe (bench/peers/torch_mlp.py says which) for the same epochs and batch size and
+train the same recipe (--model mlp: bench/peers/torch_mlp.py says which; --model cnn: the convnet
+of bench/peers/torch_cnn.py) for the same epochs and batch size and
 report the same figure: the median over timed epochs of one epoch's wall time, training and
 validation together. The ratio printed is peer median / kiln median, so above 1 means kiln is
 faster. The machine (CPU model and cores, or GPU, driver and memory) is printed first and saved
@@ -28,7 +30,9 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER = os.path.join(REPO, "bench", "peers", "torch_mlp.py")
+# The PyTorch peer of each model kiln's bench_fit runs (its --model).
+PEERS = {"mlp": os.path.join(REPO, "bench", "peers", "torch_mlp.py"),
+         "cnn": os.path.join(REPO, "bench", "peers", "torch_cnn.py")}
 
 
 def parse_args(argv):
@@ -43,6 +47,9 @@ def parse_args(argv):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per run")
     p.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs first, per run")
+    p.add_argument("--model", choices=sorted(PEERS), default="mlp",
+                   help="mlp (the default recipe) or cnn (the convnet preset; its figures use "
+                        "--batch-size 128); passed to bench_fit, and picks the peer")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--peer-modes",
                    help="comma-separated torch_mlp.py modes (default: eager on cpu; "
@@ -241,16 +248,18 @@ def main(argv):
         common += ["--data", os.path.abspath(args.data)]
 
     # The runs, in the order they happen within one round.
-    runs = [("kiln", None, [args.kiln] + common + shlex.split(args.kiln_args))]
+    runs = [("kiln", None,
+             [args.kiln, "--model", args.model] + common + shlex.split(args.kiln_args))]
     for mode in args.peer_modes:
-        runs.append(("pytorch", mode, [args.python, PEER, "--mode", mode] + common))
+        runs.append(("pytorch", mode, [args.python, PEERS[args.model], "--mode", mode] + common))
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, os.path.abspath(__file__)] + argv),
         "machine": machine,
         "device": args.device,
-        "settings": {"epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
+        "settings": {"model": args.model, "epochs": args.epochs,
+                     "warmup_epochs": args.warmup_epochs,
                      "batch_size": args.batch_size, "rounds": args.rounds,
                      "peer_modes": args.peer_modes},
         "kiln": {}, "peers": {}, "ratios": {}, "runs": [],
@@ -313,7 +322,7 @@ def main(argv):
                 save()
 
     print("\n" + describe_machine(machine, args.device))
-    print(f"{args.device}, batch {args.batch_size}, {args.epochs} timed epochs after "
+    print(f"{args.model} on {args.device}, batch {args.batch_size}, {args.epochs} timed epochs after "
           f"{args.warmup_epochs} warm-up, {args.rounds} round(s); "
           "epoch = training steps + validation")
     print(table(report))

@@ -35,10 +35,11 @@ multiarch=x86_64-linux-gnu
 
 # Packages whose headers or CMake files the build needs.
 dev_packages=(libhdf5-dev libopenblas-dev libopenblas-pthread-dev nlohmann-json3-dev
-              libcli11-dev libgtest-dev zlib1g-dev)
+              libcli11-dev libgtest-dev zlib1g-dev libfmt-dev)
 # Libraries the build links directly; their run-time closure is found with ldd below.
 seed_libs=("/usr/lib/$multiarch/libhdf5_serial.so.103"
-           "/usr/lib/$multiarch/openblas-pthread/libopenblas.so.0")
+           "/usr/lib/$multiarch/openblas-pthread/libopenblas.so.0"
+           "/usr/lib/$multiarch/libfmt.so.9")
 # Present wherever g++ and Python run; taking them along would only risk a clash.
 never_bundle='^(libc6|libgcc-s1|libstdc\+\+6)$'
 

@@ -14,6 +14,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kiln/conv_ops.h"
 #include "kiln/ops.h"
 
 namespace kiln {
@@ -65,6 +66,34 @@ void gather_rows(cudaStream_t stream, const void* src, int64_t src_rows, const i
 // y_i = x_i · mask_i. mask may be null when no backward pass needs it. y may alias x.
 void dropout_forward(cudaStream_t stream, const float* x, float* y, float* mask, int64_t n,
                      float rate, uint64_t seed, uint64_t counter);
+
+// ---- conv.cu ------------------------------------------------------------------------------------
+// What the cuDNN convolutions need around them (src/cuda/cudnn_ops.cpp says why).
+// dst(cols×rows) = src(rows×cols)ᵀ: Keras's kernel (KH·KW·C, F) to cuDNN's (F, KH·KW·C) and back.
+void transpose(cudaStream_t stream, const float* src, int64_t rows, int64_t cols, float* dst);
+// padded(N, H + pad_top + pad_bottom, W + pad_left + pad_right, C) = x with zero borders (every
+// element written).
+void pad_nhwc(cudaStream_t stream, const float* x, int64_t n, int64_t h, int64_t w, int64_t c,
+              int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+              float* padded);
+// x(N, H, W, C) = the interior of padded, the inverse of pad_nhwc.
+void crop_nhwc(cudaStream_t stream, const float* padded, int64_t n, int64_t h, int64_t w,
+               int64_t c, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+               int64_t pad_right, float* x);
+// moving = moving·momentum + batch·(1 - momentum) per channel, the batch variance recovered from
+// inv_std = 1/sqrt(variance + epsilon) (what cuDNN saves).
+void batch_norm_update_moving(cudaStream_t stream, const float* batch_mean,
+                              const float* batch_inv_std, float* moving_mean,
+                              float* moving_variance, int64_t channels, float momentum,
+                              float epsilon);
+
+// ---- pooling.cu ---------------------------------------------------------------------------------
+// See Backend::pool2d_forward and pool2d_backward: y(N, OH, OW, C) from x(N, H, W, C), and
+// dx (=) from x and dy. The same windows, cells and order of additions as the CPU backend, so
+// the results are the same bits.
+void pool2d_forward(cudaStream_t stream, const Pool2DGeometry& g, const float* x, float* y);
+void pool2d_backward(cudaStream_t stream, const Pool2DGeometry& g, const float* x,
+                     const float* dy, float* dx);
 
 // ---- any file -----------------------------------------------------------------------------------
 // cudaSuccess when this build holds machine code or PTX the current device can run, else the

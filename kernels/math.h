@@ -219,5 +219,67 @@ KILN_HD float uniform01(uint64_t bits) {
     return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
 }
 
+// ---- windows of convolution and pooling (NHWC) ---------------------------------------------
+// Along one axis, output o's window starts at o·stride - pad_before (negative inside the
+// padding). These give the cells of a window that lie in the image and, the other way round, the
+// outputs whose window holds a given input cell; the CPU loops and the CUDA kernels both call
+// them, so both see the same windows in the same order.
+
+// The window of output `o`, clipped to the image: cells [*lo, *hi) of an axis of `in` cells.
+KILN_HD void pool_window(int64_t o, int64_t stride, int64_t pad_before, int64_t window,
+                         int64_t in, int64_t* lo, int64_t* hi) {
+    const int64_t start = o * stride - pad_before;
+    *lo = start > 0 ? start : 0;
+    *hi = start + window < in ? start + window : in;
+}
+
+// The outputs [*lo, *hi) of an axis of `out` whose window holds input cell `i` (empty when
+// *lo >= *hi).
+KILN_HD void covering_outputs(int64_t i, int64_t stride, int64_t pad_before, int64_t window,
+                              int64_t out, int64_t* lo, int64_t* hi) {
+    // o covers i when o·stride - pad_before <= i < o·stride - pad_before + window.
+    const int64_t first = i + pad_before - window + 1;  // o·stride >= first
+    int64_t l = first <= 0 ? 0 : (first + stride - 1) / stride;
+    int64_t h = (i + pad_before) / stride + 1;  // o·stride <= i + pad_before
+    if (h > out) h = out;
+    *lo = l;
+    *hi = h;
+}
+
+// ---- batch normalisation ---------------------------------------------------------------------
+// y = gamma·(x - mean)·inv_std + beta.
+template <typename T>
+KILN_HD T batch_norm_apply(T x, T mean, T inv_std, T gamma, T beta) {
+    return gamma * ((x - mean) * inv_std) + beta;
+}
+
+template <typename T>
+KILN_HD T batch_norm_inv_std(T variance, T epsilon) {
+    return T(1) / sqrt(variance + epsilon);
+}
+
+// Keras 3's moving statistics: moving·momentum + batch·(1 - momentum).
+template <typename T>
+KILN_HD T moving_average(T moving, T batch, T momentum) {
+    return moving * momentum + batch * (T(1) - momentum);
+}
+
+// The batch variance back from inv_std = 1/sqrt(variance + epsilon), where a library returns only
+// inv_std (cuDNN's saved statistics). Its absolute error is a few ulp of (variance + epsilon).
+template <typename T>
+KILN_HD T variance_from_inv_std(T inv_std, T epsilon) {
+    return T(1) / (inv_std * inv_std) - epsilon;
+}
+
+// dL/dx of one element of the training forward pass, through the batch mean and variance:
+// gamma·inv_std·(dy - mean(dy) - x̂·mean(dy·x̂)), x̂ = (x - mean)·inv_std, where the two means over
+// the channel's rows are dbeta / rows and dgamma / rows.
+template <typename T>
+KILN_HD T batch_norm_backward_data(T x, T dy, T mean, T inv_std, T gamma, T mean_dy,
+                                   T mean_dy_xhat) {
+    const T xhat = (x - mean) * inv_std;
+    return gamma * inv_std * (dy - mean_dy - xhat * mean_dy_xhat);
+}
+
 }  // namespace math
 }  // namespace kiln

@@ -9,9 +9,9 @@ build_dir=${KILN_BUILD_DIR:-$repo/build}
 # Debian packages: compilers and build tools, the libraries kiln links, the dataset, and the
 # Python packages the tests use to read kiln's files (h5py) and the PyTorch peer benchmark.
 packages=(g++ cmake ninja-build pkg-config
-          libhdf5-dev libopenblas-dev zlib1g-dev nlohmann-json3-dev libcli11-dev
+          libhdf5-dev libopenblas-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libfmt-dev
           libgtest-dev dataset-fashion-mnist
-          python3 python3-numpy python3-h5py python3-torch)
+          python3 python3-numpy python3-h5py python3-torch python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,3 +33,19 @@ fi
 mkdir -p "$build_dir"
 cmake -S "$repo" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_USE_CUDA=$cuda \
     > "$build_dir/configure.log" 2>&1 || { cat "$build_dir/configure.log"; exit 1; }
+
+# Keras with a CPU backend (JAX) for the Keras interoperability tests (KILN_KERAS_PYTHON).
+# Debian's Python is "externally managed" (PEP 668), so it goes into a virtual environment under
+# the build directory; a self-contained one, because Keras needs a newer NumPy than Debian's,
+# which Debian's h5py is not built for. Pinned to the versions the tests were written against.
+pyenv="$build_dir/pyenv"
+keras_packages=(keras==3.15.1 jax==0.10.2 jaxlib==0.10.2 h5py==3.16.0 numpy==2.4.6)
+if ! "$pyenv/bin/python" -c 'import keras, jax, h5py' >/dev/null 2>&1; then
+    echo "kiln setup: installing ${keras_packages[*]} into $pyenv for the Keras tests"
+    if ! { /usr/bin/python3 -m venv "$pyenv" &&
+           "$pyenv/bin/python" -m pip install -q --disable-pip-version-check \
+               "${keras_packages[@]}"; } > "$build_dir/pyenv.log" 2>&1; then
+        echo "kiln setup: could not install Keras (see $build_dir/pyenv.log); the Keras" \
+             "interoperability tests will skip, saying why"
+    fi
+fi

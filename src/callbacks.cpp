@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -23,6 +24,39 @@ std::optional<double> Logs::get(const std::string& key) const {
         if (item.first == key) return item.second;
     }
     return std::nullopt;
+}
+
+std::vector<std::string> batch_log_keys(const std::string& metric_name) {
+    std::vector<std::string> keys = {"loss"};
+    if (!metric_name.empty()) keys.push_back(metric_name);
+    return keys;
+}
+
+std::vector<std::string> epoch_log_keys(const std::string& metric_name, bool validation,
+                                        const std::vector<CallbackPtr>& callbacks) {
+    std::vector<std::string> keys = batch_log_keys(metric_name);
+    if (validation) {
+        const size_t n = keys.size();
+        for (size_t i = 0; i < n; ++i) keys.push_back("val_" + keys[i]);
+    }
+    for (const auto& cb : callbacks) {
+        for (const std::string& key : cb->added_log_keys()) {
+            if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
+        }
+    }
+    return keys;
+}
+
+void Callback::say(const std::string& line) const {
+    if (!msg_out_) return;
+    std::fprintf(msg_out_, "%s\n", line.c_str());
+    std::fflush(msg_out_);
+}
+
+void Callback::warn(const std::string& text) const {
+    if (!msg_err_) return;
+    std::fprintf(msg_err_, "kiln: %s\n", text.c_str());
+    std::fflush(msg_err_);
 }
 
 std::string format_metric(double value) {
@@ -124,7 +158,7 @@ void ProgbarLogger::draw(int64_t done, const Logs& logs, bool final_line) {
     std::string line;
     if (verbose_ == 2) {
         // Keras's verbose=2 line: steps, time, metrics, time per epoch and per step.
-        line = steps + "/" + steps + " - " + std::to_string(static_cast<long>(elapsed)) + "s" +
+        line = steps + "/" + steps + " - " + std::to_string(std::lround(elapsed)) + "s" +
                format_logs(logs) + " - " + format_per_step(per_step);
         std::fprintf(out_, "%s\n", line.c_str());
         std::fflush(out_);

@@ -3,9 +3,10 @@
 #include <utility>
 
 #include "kiln/status.h"
+#include "layers_conv.h"
 
 namespace kiln {
-namespace {
+namespace detail {
 
 ActivationSpec activation_or_throw(const std::string& name, const std::string& layer) {
     ActivationSpec spec;
@@ -16,7 +17,7 @@ ActivationSpec activation_or_throw(const std::string& name, const std::string& l
     return spec;
 }
 
-const char* kInitializers[] = {"glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+const char* const kInitializers[] = {"glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
                                "lecun_uniform", "lecun_normal", "zeros", "ones",
                                "random_uniform", "random_normal"};
 
@@ -26,6 +27,13 @@ void check_initializer(const std::string& name, const std::string& layer) {
     }
     throw Error("layer '" + layer + "': unknown initializer '" + name + "'");
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::activation_or_throw;
+using detail::check_initializer;
 
 // ---- Dense -------------------------------------------------------------------------------
 // y = act(x · kernel + bias), kernel (in, units) as Keras stores it.
@@ -273,9 +281,10 @@ LayerPtr layer_from_config(const LayerConfig& c) {
         layer = std::make_shared<DropoutLayer>(c.rate, c.seed);
     } else if (c.class_name == "Flatten") {
         layer = std::make_shared<FlattenLayer>();
-    } else {
+    } else if (!(layer = detail::image_layer_from_config(c))) {
         throw Error("layer '" + c.name + "': kiln has no layer class '" + c.class_name +
-                    "' (it has Dense, Activation, Dropout, Flatten)");
+                    "' (it has Dense, Activation, Dropout, Flatten, " +
+                    detail::kImageLayerClasses + ")");
     }
     layer->set_name(c.name);
     return layer;

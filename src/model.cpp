@@ -11,12 +11,15 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
+#include <regex>
 #include <sstream>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint_writer.h"
 #include "kernels/math.h"
 #include "kiln/status.h"
 
@@ -29,17 +32,12 @@ constexpr int64_t kParamAlignment = 16;
 
 int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 
+// Keras's naming.to_snake_case: "Dense" -> "dense", "Conv2D" -> "conv2d",
+// "BatchNormalization" -> "batch_normalization", "MaxPooling2D" -> "max_pooling2d".
 std::string snake_case(const std::string& class_name) {
-    std::string out;
-    for (size_t i = 0; i < class_name.size(); ++i) {
-        const char ch = class_name[i];
-        if (std::isupper(static_cast<unsigned char>(ch))) {
-            if (i > 0) out += '_';
-            out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-        } else {
-            out += ch;
-        }
-    }
+    std::string out = std::regex_replace(class_name, std::regex("(.)([A-Z][a-z]+)"), "$1_$2");
+    out = std::regex_replace(out, std::regex("([a-z])([A-Z])"), "$1_$2");
+    for (char& ch : out) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     return out;
 }
 
@@ -180,6 +178,10 @@ Sequential::Sequential(const ModelConfig& config) : name_(config.name) {
 Sequential::~Sequential() { release_device_state(); }
 
 void Sequential::release_device_state() {
+    // Queued checkpoints are written first (one may stage from a snapshot slot); the writer's
+    // staging buffers belong to the backend.
+    writer_.reset();
+    if (snapshots_) snapshots_->release_all();
     for (auto& layer : layers_) {
         layer->release_buffers();
         layer->bind({}, {});
@@ -277,6 +279,8 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
     loss_spec_ = spec;
     seed_ = options.seed;
     iterations_ = 0;
+    epochs_completed_ = 0;
+    run_history_.on_train_begin(Logs());
     stop_training = false;
 
     // Lay out every trainable parameter in one flat buffer, every non-trainable one in another,
@@ -454,6 +458,69 @@ Logs Sequential::logs_from(const double* acc, int slot, const std::string& prefi
     return logs;
 }
 
+namespace {
+
+// Runs a function when the scope ends, however it ends.
+class ScopeExit {
+public:
+    explicit ScopeExit(std::function<void()> f) : f_(std::move(f)) {}
+    ~ScopeExit() { f_(); }
+    ScopeExit(const ScopeExit&) = delete;
+    ScopeExit& operator=(const ScopeExit&) = delete;
+
+private:
+    std::function<void()> f_;
+};
+
+// The callbacks' state keys, a repeated one made unique with "#2", "#3", ... in order (the
+// same callbacks in the same order give the same keys, run after run).
+std::vector<std::string> unique_state_keys(const std::vector<CallbackPtr>& callbacks) {
+    std::vector<std::string> keys;
+    std::map<std::string, int> seen;
+    for (const auto& cb : callbacks) {
+        std::string key = cb->state_key();
+        if (!key.empty() && ++seen[key] > 1) key += "#" + std::to_string(seen[key]);
+        keys.push_back(key);
+    }
+    return keys;
+}
+
+void restore_callbacks_state(const std::vector<CallbackPtr>& callbacks,
+                             const std::vector<std::string>& keys, const std::string& json) {
+    if (json.empty()) return;
+    const auto state = nlohmann::json::parse(json, nullptr, false);
+    if (state.is_discarded() || !state.is_object()) {
+        throw Error("fit: the callbacks' state to resume from is not a JSON object");
+    }
+    for (const auto& [key, value] : state.items()) {
+        const auto it = std::find(keys.begin(), keys.end(), key);
+        if (it == keys.end()) {
+            std::fprintf(stderr, "kiln: resuming: the checkpoint holds the state of callback "
+                         "'%s', which this fit does not have; it is ignored\n", key.c_str());
+            continue;
+        }
+        callbacks[size_t(it - keys.begin())]->restore_state(value.dump());
+    }
+}
+
+}  // namespace
+
+std::string Sequential::callbacks_state_json() const {
+    nlohmann::json state = nlohmann::json::object();
+    if (!active_callbacks_) return state.dump();
+    for (size_t i = 0; i < active_callbacks_->size(); ++i) {
+        if (active_state_keys_[i].empty()) continue;
+        const std::string text = (*active_callbacks_)[i]->state_json();
+        auto j = nlohmann::json::parse(text, nullptr, false);
+        if (j.is_discarded() || !j.is_object()) {
+            throw Error("callback '" + active_state_keys_[i] +
+                        "': state_json() is not a JSON object: " + text);
+        }
+        state[active_state_keys_[i]] = std::move(j);
+    }
+    return state.dump();
+}
+
 History Sequential::fit(const data::Array& x, const data::Array& y, const FitArgs& args) {
     Backend& b = backend();
 
@@ -497,6 +564,55 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         val_y = y.values.data() + n_train * yc;
     }
 
+    // Callbacks: the progress bar first, so its epoch line comes before the others' messages;
+    // History last, as Keras adds it. They are checked before any work, so that a configuration
+    // one rejects has trained nothing and written nothing.
+    const int64_t steps = (n_train + args.batch_size - 1) / args.batch_size;
+    auto history = std::make_shared<History>();
+    std::vector<CallbackPtr> callbacks;
+    if (args.verbose > 0) callbacks.push_back(std::make_shared<ProgbarLogger>());
+    callbacks.insert(callbacks.end(), args.callbacks.begin(), args.callbacks.end());
+    callbacks.push_back(history);
+    for (const auto& cb : callbacks) {
+        if (!cb) throw Error("fit: a callback is null");
+    }
+    FitParams params;
+    params.epochs = args.epochs;
+    params.initial_epoch = args.initial_epoch;
+    params.steps = steps;
+    params.verbose = args.verbose;
+    params.batch_log_keys = batch_log_keys(metric_name_);
+    params.epoch_log_keys = epoch_log_keys(metric_name_, n_val > 0, callbacks);
+    bool want_batch_logs = false;
+    for (auto& cb : callbacks) {
+        cb->set_model(this);
+        cb->set_params(params);
+        want_batch_logs = want_batch_logs || cb->wants_batch_logs();
+    }
+    for (const auto& cb : callbacks) cb->validate(params);
+    active_callbacks_ = &callbacks;
+    active_state_keys_ = unique_state_keys(callbacks);
+    const ScopeExit inactive([this] {
+        active_callbacks_ = nullptr;
+        active_state_keys_.clear();
+    });
+    // A callback may continue an interrupted run (BackupAndRestore finding a backup); the
+    // callbacks' state goes back before on_train_begin.
+    int first_epoch = args.initial_epoch;
+    std::string resumed_state = args.resume_callbacks_state_json;
+    for (auto& cb : callbacks) {
+        if (std::optional<ResumePoint> point = cb->resume_point()) {
+            std::fprintf(stderr, "kiln: resuming from %s: epoch %d of %d\n",
+                         point->source.c_str(), point->epoch + 1, args.epochs);
+            first_epoch = point->epoch;
+            resumed_state = point->callbacks_state_json;
+            params.initial_epoch = first_epoch;
+            for (auto& c : callbacks) c->set_params(params);
+            break;
+        }
+    }
+    restore_callbacks_state(callbacks, active_state_keys_, resumed_state);
+
     // The dataset goes to the device once and stays there.
     Tensor x_train(b, {n_train, in}, dtype_), y_train(b, {n_train, yc}, dtype_);
     upload_values(b, x_train.view(), x.values.data(), n_train * in);
@@ -516,27 +632,31 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         perm.copy_from_host(identity.data());
     }
 
-    // Callbacks: the progress bar first, so its epoch line comes before the others' messages;
-    // History last, as Keras adds it.
-    const int64_t steps = (n_train + args.batch_size - 1) / args.batch_size;
-    auto history = std::make_shared<History>();
-    std::vector<CallbackPtr> callbacks;
-    if (args.verbose > 0) callbacks.push_back(std::make_shared<ProgbarLogger>());
-    callbacks.insert(callbacks.end(), args.callbacks.begin(), args.callbacks.end());
-    callbacks.push_back(history);
-    bool want_batch_logs = false;
-    for (auto& cb : callbacks) {
-        cb->set_model(this);
-        cb->set_params(args.epochs, steps, args.verbose);
-        want_batch_logs = want_batch_logs || cb->wants_batch_logs();
-    }
-
     stop_training = false;
+    // What decides the data order, for checkpoints (a resumed run needs the same).
+    fit_args_json_ = nlohmann::json{{"epochs", args.epochs},
+                                    {"batch_size", args.batch_size},
+                                    {"validation_split", args.validation_split},
+                                    {"validation_data", args.validation_data.has_value()},
+                                    {"shuffle", args.shuffle}}
+                         .dump();
+    // The run's history keeps the epochs before this fit starts (a resumed run's).
+    {
+        const History before = run_history_;
+        run_history_.on_train_begin(Logs());
+        for (size_t i = 0; i < before.epoch.size() && before.epoch[i] < first_epoch; ++i) {
+            Logs past;
+            for (const std::string& key : before.keys) past.set(key, before.history.at(key)[i]);
+            run_history_.on_epoch_end(before.epoch[i], past);
+        }
+        epochs_completed_ = first_epoch;
+        batches_in_epoch_ = 0;
+    }
     Logs logs;
     for (auto& cb : callbacks) cb->on_train_begin(logs);
     const View acc = buffers_->acc.view();
     const View x_buf = buffers_->x.view(), y_buf = buffers_->y.view();
-    for (int epoch = args.initial_epoch; epoch < args.epochs && !stop_training; ++epoch) {
+    for (int epoch = first_epoch; epoch < args.epochs && !stop_training; ++epoch) {
         for (auto& cb : callbacks) cb->on_epoch_begin(epoch, Logs());
         if (args.shuffle) b.permutation(perm.view(), n_train, seed_, uint64_t(epoch));
         b.fill_zero(acc);
@@ -548,6 +668,7 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
             b.gather_rows(x_train.view(), perm.view(), offset, rows, in, x_buf);
             b.gather_rows(y_train.view(), perm.view(), offset, rows, yc, y_buf);
             train_step(rows);
+            batches_in_epoch_ = step + 1;
             Logs batch_logs;
             if (want_batch_logs) {
                 double running[AccumulatorSlots::kPerSet];
@@ -556,6 +677,8 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
                 }
             }
             for (auto& cb : callbacks) cb->on_train_batch_end(step, batch_logs);
+            for (auto& cb : callbacks) cb->after_train_batch_end(step, batch_logs);
+            if (stop_training) break;  // Keras leaves the epoch's steps at once (TerminateOnNaN)
         }
 
         if (n_val > 0) {
@@ -572,9 +695,19 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
             for (auto& cb : callbacks) cb->on_test_end(val);
             for (const auto& [key, value] : val.items()) logs.set(key, value);
         }
+        for (auto& cb : callbacks) cb->add_to_logs(epoch, &logs);
+        // What a checkpoint taken by the callbacks below records.
+        epochs_completed_ = epoch + 1;
+        batches_in_epoch_ = 0;
+        run_history_.on_epoch_end(epoch, logs);
         for (auto& cb : callbacks) cb->on_epoch_end(epoch, logs);
+        for (auto& cb : callbacks) cb->after_epoch_end(epoch, logs);
     }
+    // Every requested checkpoint is on disk before on_train_end (which may delete files the
+    // writer has yet to write) and before fit returns.
+    if (writer_) writer_->wait_idle();
     for (auto& cb : callbacks) cb->on_train_end(logs);
+    if (writer_) writer_->wait_idle();
     return *history;
 }
 
@@ -820,10 +953,17 @@ std::string Sequential::summary() const {
         if (s.size() < width) s += std::string(width - s.size(), ' ');
         return s;
     };
+    // The first column as wide as Keras's (29), or wider when a name and class need it
+    // ("max_pooling2d_1 (MaxPooling2D)").
+    size_t first = 29;
+    for (const auto& layer : layers_) {
+        first = std::max(first, layer->name().size() + layer->class_name().size() + 5);
+    }
     std::ostringstream out;
-    const std::string rule(65, '_'), double_rule(65, '=');
+    const std::string rule(first + 36, '_'), double_rule(first + 36, '=');
     out << "Model: \"" << name_ << "\"\n" << rule << "\n";
-    out << pad(" Layer (type)", 29) << pad("Output Shape", 26) << "Param #\n" << double_rule << "\n";
+    out << pad(" Layer (type)", first) << pad("Output Shape", 26) << "Param #\n" << double_rule
+        << "\n";
     for (const auto& layer : layers_) {
         Shape shape = layer->output_shape();
         std::string shape_text = "(None";
@@ -831,7 +971,7 @@ std::string Sequential::summary() const {
         shape_text += ")";
         int64_t n = 0;
         for (const ParamInfo& p : layer->param_info()) n += shape_elements(p.shape);
-        out << pad(" " + layer->name() + " (" + layer->class_name() + ")", 29)
+        out << pad(" " + layer->name() + " (" + layer->class_name() + ")", first)
             << pad(shape_text, 26) << n << "\n";
     }
     out << double_rule << "\n";
@@ -858,30 +998,311 @@ std::string Sequential::training_config_json() const {
     return config.dump();
 }
 
-Status Sequential::request_checkpoint(const CheckpointRequest& request) {
-    if (request.weights_only) {
-        return Status::unsupported(request.path + ": weights-only checkpoints are not written yet");
+// ---- checkpoints -------------------------------------------------------------------------
+
+CheckpointWriter& Sequential::checkpoint_writer() const {
+    if (!writer_) {
+        // Each staging buffer holds both weight buffers and the optimizer state.
+        const size_t bytes = params_.bytes() + nontrainable_.bytes() + opt_state_.bytes();
+        writer_ = std::make_unique<CheckpointWriter>(backend(), bytes);
     }
-    if (request.snapshot_slot >= 0) {
-        return Status::unsupported(request.path + ": checkpoints from a snapshot slot are not "
-                                   "written yet");
-    }
-    return save(request.path);
+    return *writer_;
 }
 
-Status Sequential::wait_for_checkpoints() { return Status::ok(); }
+uint64_t Sequential::submit_checkpoint(const CheckpointRequest& request, bool synchronous) const {
+    CheckpointJob job;
+    job.path = request.path;
+    job.weights_only = request.weights_only;
+    job.synchronous = synchronous;
+    job.model.config = config();
+    job.model.training_config_json = training_config_json();
+    job.dtype = dtype_;
+    job.n_params = n_params_;
+
+    // The staging layout: the trainable buffer, the non-trainable one, the optimizer state.
+    const size_t element = dtype_size(dtype_);
+    const size_t fixed_at = params_.bytes();
+    job.state_offset = fixed_at + nontrainable_.bytes();
+    for (const auto& layer : layers_) {
+        std::vector<CheckpointJob::Weight> weights;
+        const auto infos = layer->param_info();
+        for (size_t j = 0; j < infos.size(); ++j) {
+            const Tensor& home = infos[j].trainable ? params_ : nontrainable_;
+            const size_t offset = static_cast<size_t>(
+                static_cast<const char*>(layer->params()[j].data) -
+                static_cast<const char*>(home.data()));
+            weights.push_back({infos[j].name, infos[j].shape,
+                               (infos[j].trainable ? 0 : fixed_at) + offset});
+            if (infos[j].trainable) {
+                job.trainable_ranges.emplace_back(static_cast<int64_t>(offset / element),
+                                                  shape_elements(infos[j].shape));
+            }
+        }
+        job.layers.push_back(std::move(weights));
+    }
+
+    // Live weights with the optimizer state (a file to resume from), or a snapshot's weights.
+    const bool live = request.snapshot_slot < 0;
+    const void* trainable_src = params_.data();
+    const void* fixed_src = nontrainable_.data();
+    TrainingState st;
+    st.resumable = live;
+    st.epoch = live ? epochs_completed_ : request.epoch;
+    st.step = live ? iterations_ : request.step;
+    if (!live) {
+        // The slot holds copies of both flat buffers, in their layout.
+        const View trainable = snapshots().trainable(request.snapshot_slot);
+        const View fixed = snapshots().nontrainable(request.snapshot_slot);
+        if (trainable.bytes() != params_.bytes() || fixed.bytes() != nontrainable_.bytes()) {
+            throw Error(request.path + ": snapshot slot " + std::to_string(request.snapshot_slot) +
+                        " does not hold this model's weights");
+        }
+        trainable_src = trainable.data;
+        fixed_src = fixed.data;
+    }
+    st.seed = seed_;
+    st.learning_rate = optimizer_.hyper.learning_rate;
+    st.optimizer = optimizer_.class_name();
+    st.optimizer_slots = live ? optimizer_state_slots(optimizer_.hyper) : 0;
+    st.callbacks_state_json = request.callbacks_state_json.empty() ? "{}"
+                                                                   : request.callbacks_state_json;
+    st.fit_args_json = fit_args_json_;
+    st.batch = live ? batches_in_epoch_ : 0;
+    st.history_epochs = run_history_.epoch;
+    for (const std::string& key : run_history_.keys) {
+        st.history.emplace_back(key, run_history_.history.at(key));
+    }
+    job.state = std::move(st);
+
+    std::vector<StagingRegion> regions = {{0, trainable_src, params_.bytes()},
+                                          {fixed_at, fixed_src, nontrainable_.bytes()}};
+    if (live) regions.push_back({job.state_offset, opt_state_.data(), opt_state_.bytes()});
+    return checkpoint_writer().submit(std::move(job), regions);
+}
+
+Status Sequential::request_checkpoint(const CheckpointRequest& request) {
+    if (!compiled()) {
+        return Status::invalid_argument(request.path + ": model '" + name_ +
+                                        "' is not compiled; nothing to checkpoint");
+    }
+    if (request.path.empty()) return Status::invalid_argument("a checkpoint request needs a path");
+    if (request.weights_only != is_weights_file_name(request.path)) {
+        return Status::invalid_argument(
+            request.path + (request.weights_only
+                                ? ": a weights-only checkpoint must be named *.weights.h5"
+                                : ": a full-model checkpoint must not be named *.weights.h5"));
+    }
+    if (request.snapshot_slot >= 0) {
+        bool taken = false;
+        try {
+            taken = snapshots().taken(request.snapshot_slot);
+        } catch (const Error& e) {
+            return Status::invalid_argument(request.path + ": " + e.what());
+        }
+        if (!taken) {
+            return Status::invalid_argument(request.path + ": snapshot slot " +
+                                            std::to_string(request.snapshot_slot) +
+                                            " holds no weights yet");
+        }
+    }
+    (void)submit_checkpoint(request, /*synchronous=*/false);
+    return Status::ok();
+}
+
+Status Sequential::wait_for_checkpoints() {
+    if (!writer_) return Status::ok();
+    writer_->wait_idle();
+    return writer_->take_first_failure();
+}
+
+Status Sequential::last_checkpoint_status(const std::string& path) const {
+    return writer_ ? writer_->last_status(path) : Status::ok();
+}
+
+CheckpointStats Sequential::checkpoint_stats() const {
+    return writer_ ? writer_->stats() : CheckpointStats();
+}
 
 Status Sequential::save(const std::string& path) const {
-    SavedModel saved;
-    saved.config = config();
-    saved.weights = get_weights();
-    if (compiled()) saved.training_config_json = training_config_json();
-    return save_model_h5(path, saved);
+    backend();  // throws for a model that is not compiled
+    if (is_weights_file_name(path)) {
+        return Status::invalid_argument(path + ": a full model file must not be named "
+                                        "*.weights.h5 (use save_weights)");
+    }
+    CheckpointRequest request;
+    request.path = path;
+    return checkpoint_writer().wait(submit_checkpoint(request, /*synchronous=*/true));
+}
+
+Status Sequential::save_weights(const std::string& path) const {
+    backend();
+    if (!is_weights_file_name(path)) {
+        return Status::invalid_argument(path + ": save_weights needs a name ending in "
+                                        ".weights.h5, as Keras 3 does");
+    }
+    CheckpointRequest request;
+    request.path = path;
+    request.weights_only = true;
+    return checkpoint_writer().wait(submit_checkpoint(request, /*synchronous=*/true));
+}
+
+Status Sequential::apply_weights(const CheckpointContents& contents, const std::string& path) {
+    std::vector<LayerWeights> weights;
+    if (!contents.weights_only) {
+        weights = contents.model.weights;
+    } else {
+        // Keras's keys for this model's layers, matched to the file's groups.
+        std::vector<std::string> classes;
+        for (const auto& layer : layers_) classes.push_back(layer->class_name());
+        const std::vector<std::string> keys = keras_weight_keys(classes);
+        for (const LayerWeights& group : contents.keras_layers) {
+            if (!group.weights.empty() &&
+                std::find(keys.begin(), keys.end(), group.layer_name) == keys.end()) {
+                return Status::invalid_argument(
+                    path + ": the file has weights for layers/" + group.layer_name +
+                    ", which model '" + name_ + "' does not have (its layers are " +
+                    [&] {
+                        std::string all;
+                        for (const auto& k : keys) all += (all.empty() ? "" : ", ") + k;
+                        return all;
+                    }() + ")");
+            }
+        }
+        for (size_t i = 0; i < layers_.size(); ++i) {
+            const auto infos = layers_[i]->param_info();
+            const LayerWeights* group = nullptr;
+            for (const LayerWeights& g : contents.keras_layers) {
+                if (g.layer_name == keys[i]) group = &g;
+            }
+            LayerWeights lw;
+            lw.layer_name = layers_[i]->name();
+            const std::string where = path + ": layer '" + layers_[i]->name() + "' (layers/" +
+                                      keys[i] + ")";
+            const size_t given = group ? group->weights.size() : 0;
+            if (given != infos.size()) {
+                return Status::invalid_argument(where + ": the file has " +
+                                                std::to_string(given) + " weights, the layer " +
+                                                std::to_string(infos.size()));
+            }
+            for (size_t j = 0; j < infos.size(); ++j) {
+                NamedArray a = group->weights[j];
+                if (a.shape != infos[j].shape) {
+                    return Status::invalid_argument(
+                        where + ": weight " + std::to_string(j) + " (" + infos[j].name +
+                        ") has shape " + shape_string(infos[j].shape) + ", the file's vars/" +
+                        a.name + " has shape " + shape_string(a.shape));
+                }
+                a.name = infos[j].name;
+                lw.weights.push_back(std::move(a));
+            }
+            weights.push_back(std::move(lw));
+        }
+    }
+    try {
+        set_weights(weights);
+    } catch (const Error& e) {
+        return Status::invalid_argument(path + ": " + e.what());
+    }
+    return Status::ok();
+}
+
+Status Sequential::load_weights(const std::string& path) {
+    backend();
+    CheckpointContents contents;
+    Status s = load_checkpoint(path, &contents);
+    if (!s.is_ok()) return s;
+    return apply_weights(contents, path);
+}
+
+Status Sequential::restore_training_state(const std::string& path, TrainingState* state) {
+    Backend& b = backend();
+    if (writer_) writer_->wait_idle();  // the file may be one of ours, still being written
+    CheckpointContents contents;
+    Status s = load_checkpoint(path, &contents);
+    if (!s.is_ok()) return s;
+    if (!contents.training) {
+        return Status::invalid_argument(path + ": has no kiln training state to resume from "
+                                        "(not written by kiln); load_weights reads its weights");
+    }
+    const TrainingState& st = *contents.training;
+    if (!st.resumable) {
+        return Status::invalid_argument(path + ": holds a snapshot of the weights (such as the "
+                                        "best ones), which does not go with the optimizer's "
+                                        "state; resume from a checkpoint of the live weights");
+    }
+    const int slots = optimizer_state_slots(optimizer_.hyper);
+    const int64_t n_trainable = count_params(/*trainable_only=*/true);
+    if (st.optimizer != optimizer_.class_name() || st.optimizer_slots != slots ||
+        static_cast<int64_t>(st.optimizer_state.size()) != slots * n_trainable) {
+        return Status::invalid_argument(
+            path + ": the file's optimizer state is " + st.optimizer + " with " +
+            std::to_string(st.optimizer_slots) + " slots of " +
+            std::to_string(st.optimizer_slots ? st.optimizer_state.size() / st.optimizer_slots
+                                              : 0) +
+            " values; model '" + name_ + "' has " + optimizer_.class_name() + " with " +
+            std::to_string(slots) + " slots of " + std::to_string(n_trainable));
+    }
+    s = apply_weights(contents, path);
+    if (!s.is_ok()) return s;
+
+    // The optimizer's state, back into the padded flat layout.
+    if (slots > 0) {
+        std::vector<double> padded(static_cast<size_t>(slots * n_params_), 0.0);
+        const float* in = st.optimizer_state.data();
+        for (int k = 0; k < slots; ++k) {
+            for (const auto& layer : layers_) {
+                const auto infos = layer->param_info();
+                for (size_t j = 0; j < infos.size(); ++j) {
+                    if (!infos[j].trainable) continue;
+                    const int64_t offset =
+                        (static_cast<const char*>(layer->params()[j].data) -
+                         static_cast<const char*>(params_.data())) /
+                        static_cast<int64_t>(dtype_size(dtype_));
+                    const int64_t count = shape_elements(infos[j].shape);
+                    std::copy(in, in + count, padded.begin() + k * n_params_ + offset);
+                    in += count;
+                }
+            }
+        }
+        if (dtype_ == DType::kFloat64) {
+            b.upload(opt_state_.data(), padded.data(), padded.size() * sizeof(double));
+        } else {
+            std::vector<float> narrow(padded.begin(), padded.end());
+            b.upload(opt_state_.data(), narrow.data(), narrow.size() * sizeof(float));
+        }
+    }
+
+    // The counters every RNG and the optimizer's bias correction depend on, and the history.
+    iterations_ = st.step;
+    seed_ = st.seed;
+    optimizer_.hyper.learning_rate = static_cast<float>(st.learning_rate);
+    epochs_completed_ = st.epoch;
+    batches_in_epoch_ = 0;
+    fit_args_json_ = st.fit_args_json;
+    if (st.batch != 0) {
+        std::fprintf(stderr, "kiln: warning: %s was written after batch %lld of epoch %d; a "
+                     "resumed fit redoes that epoch from its start (as Keras's BackupAndRestore "
+                     "does), so it will not match a run that never stopped\n", path.c_str(),
+                     static_cast<long long>(st.batch), st.epoch + 1);
+    }
+    run_history_.on_train_begin(Logs());
+    for (size_t i = 0; i < st.history_epochs.size(); ++i) {
+        Logs past;
+        for (const auto& [key, values] : st.history) past.set(key, values[i]);
+        run_history_.on_epoch_end(st.history_epochs[i], past);
+    }
+    if (state) *state = st;
+    return Status::ok();
 }
 
 std::unique_ptr<Sequential> load_model(const std::string& path, const CompileOptions& options) {
-    SavedModel saved;
-    throw_if_error(load_model_h5(path, &saved));
+    CheckpointContents contents;
+    throw_if_error(load_checkpoint(path, &contents));
+    if (!contents.has_config) {
+        throw Error(path + ": a weights-only file holds no model config (unless kiln wrote it); "
+                    "build the model and call load_weights");
+    }
+    const SavedModel& saved = contents.model;
     auto model = std::make_unique<Sequential>(saved.config);
     Optimizer optimizer = optimizers::Adam();
     Loss loss = losses::SparseCategoricalCrossentropy();

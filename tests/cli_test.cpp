@@ -44,16 +44,26 @@ protected:
         write_split("test", 200, 2);
     }
 
-    void write_split(const std::string& name, int64_t n, uint64_t seed) {
+    // `noise` of the labels are redrawn at random, so that the validation loss turns around.
+    void write_split(const std::string& name, int64_t n, uint64_t seed, double noise = 0.0) {
         std::vector<float> x = testing::random_values(size_t(n * 784), seed, 0.0f, 0.5f);
         std::vector<float> y(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) {
-            const int label = int(math::hash3(seed, 3, uint64_t(i)) % 10);
-            y[size_t(i)] = float(label);
+            int label = int(math::hash3(seed, 3, uint64_t(i)) % 10);
             for (int k = 0; k < 78; ++k) x[size_t(i * 784 + label * 78 + k)] += 0.5f;
+            if (math::uniform01(math::hash3(seed, 5, uint64_t(i))) < noise) {
+                label = int(math::hash3(seed, 9, uint64_t(i)) % 10);
+            }
+            y[size_t(i)] = float(label);
         }
         ASSERT_TRUE(data::save_npy(dir_.file("x_" + name + ".npy"), {n, 784}, x.data()).is_ok());
         ASSERT_TRUE(data::save_npy(dir_.file("y_" + name + ".npy"), {n}, y.data()).is_ok());
+    }
+
+    // `kiln fit` on the CPU, its default ModelCheckpoint writing into the test's directory
+    // (by default it writes best_model.h5 in the current directory).
+    std::string fit() const {
+        return kBin + " fit --device cpu --checkpoint " + dir_.file("best_model.h5");
     }
 
     testing::TempDir dir_;
@@ -69,14 +79,23 @@ TEST_F(CliTest, HelpExplainsEveryFlag) {
     EXPECT_EQ(fit.status, 0);
     for (const char* flag : {"--data", "--model", "--epochs", "--batch-size", "--validation-split",
                              "--optimizer", "--learning-rate", "--loss", "--seed", "--device",
-                             "--verbose", "--no-shuffle", "--metrics-json"}) {
+                             "--verbose", "--no-shuffle", "--metrics-json", "--checkpoint",
+                             "--monitor", "--mode", "--save-best-only", "--no-save-best-only",
+                             "--save-weights-only", "--save-freq", "--initial-value-threshold",
+                             "--patience", "--min-delta", "--baseline", "--start-from-epoch",
+                             "--restore-best-weights", "--no-restore-best-weights",
+                             "--early-stopping", "--csv-log", "--csv-append", "--csv-separator",
+                             "--reduce-lr-on-plateau", "--reduce-lr-factor",
+                             "--reduce-lr-patience", "--reduce-lr-cooldown", "--min-lr",
+                             "--terminate-on-nan", "--backup-dir", "--lr-schedule",
+                             "--lr-decay-rate"}) {
         EXPECT_NE(fit.output.find(flag), std::string::npos) << flag;
     }
 }
 
 TEST_F(CliTest, FitPrintsKerasOutputAndWritesMetricsJson) {
     const std::string json = dir_.file("metrics.json");
-    const Result r = run(kBin + " fit --device cpu --data " +
+    const Result r = run(fit() + " --data " +
                       dir_.path() + " --epochs 3 --verbose 2 --metrics-json " + json);
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("Epoch 1/3"), std::string::npos) << r.output;
@@ -95,7 +114,7 @@ TEST_F(CliTest, FitPrintsKerasOutputAndWritesMetricsJson) {
 }
 
 TEST_F(CliTest, VerboseZeroPrintsOnlyTheTestLine) {
-    const Result r = run(kBin + " fit --device cpu --data " + dir_.path() + " --epochs 1 --verbose 0");
+    const Result r = run(fit() + " --data " + dir_.path() + " --epochs 1 --verbose 0");
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_EQ(r.output.find("Epoch"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("test_loss: "), std::string::npos);
@@ -103,7 +122,7 @@ TEST_F(CliTest, VerboseZeroPrintsOnlyTheTestLine) {
 
 TEST_F(CliTest, SavedModelEvaluatesAndPredicts) {
     const std::string model = dir_.file("model.h5"), preds = dir_.file("preds.npy");
-    ASSERT_EQ(run(kBin + " fit --device cpu --data " + dir_.path() + " --epochs 2 --verbose 0 --save " + model)
+    ASSERT_EQ(run(fit() + " --data " + dir_.path() + " --epochs 2 --verbose 0 --save " + model)
                   .status,
               0);
     const Result e = run(kBin + " evaluate " + model +
@@ -133,7 +152,7 @@ TEST_F(CliTest, AModelJsonDescribesTheNetwork) {
     c.layers = {in, hidden, out};
     const std::string path = dir_.file("model.json");
     std::ofstream(path) << model_config_to_json(c);
-    const Result r = run(kBin + " fit --device cpu --data " + dir_.path() + " --model " + path +
+    const Result r = run(fit() + " --data " + dir_.path() + " --model " + path +
                       " --epochs 1 --verbose 0 --optimizer sgd --learning-rate 0.1");
     EXPECT_EQ(r.status, 0) << r.output;
 }
@@ -141,7 +160,7 @@ TEST_F(CliTest, AModelJsonDescribesTheNetwork) {
 TEST_F(CliTest, BadInputGetsAClearErrorAndWritesNothing) {
     const std::string json = dir_.file("metrics.json");
     std::ofstream(json) << "keep me";
-    const Result missing = run(kBin + " fit --device cpu --data /nonexistent/dir --epochs 1 --metrics-json " + json);
+    const Result missing = run(fit() + " --data /nonexistent/dir --epochs 1 --metrics-json " + json);
     EXPECT_EQ(missing.status, 1);
     EXPECT_NE(missing.output.find("kiln: error:"), std::string::npos) << missing.output;
     EXPECT_NE(missing.output.find("/nonexistent/dir"), std::string::npos) << missing.output;
@@ -153,14 +172,126 @@ TEST_F(CliTest, BadInputGetsAClearErrorAndWritesNothing) {
     std::vector<float> y(600, 0.0f);
     y[17] = 12;
     ASSERT_TRUE(data::save_npy(dir_.file("y_train.npy"), {600}, y.data()).is_ok());
-    const Result bad_label = run(kBin + " fit --device cpu --data " + dir_.path() + " --epochs 1");
+    const Result bad_label = run(fit() + " --data " + dir_.path() + " --epochs 1");
     EXPECT_EQ(bad_label.status, 1);
     EXPECT_NE(bad_label.output.find("row 17"), std::string::npos) << bad_label.output;
     EXPECT_EQ(bad_label.output.find("Epoch 1"), std::string::npos) << bad_label.output;
 
-    const Result bad_flag = run(kBin + " fit --device cpu --optimizer adagrad");
+    const Result bad_flag = run(fit() + " --optimizer adagrad");
     EXPECT_NE(bad_flag.status, 0);
     EXPECT_NE(bad_flag.output.find("adagrad"), std::string::npos) << bad_flag.output;
+}
+
+TEST_F(CliTest, DefaultCallbacksStopEarlyAndKeepTheBestModel) {
+    // The recipe's callbacks on a noisy problem: the validation loss turns around, EarlyStopping
+    // (patience 3) ends the run and puts the best epoch's weights back, which are the weights
+    // ModelCheckpoint saved at that epoch.
+    write_split("train", 600, 1, 0.3);
+    const std::string best = dir_.file("best_model.h5"), final_model = dir_.file("final.h5");
+    const Result r = run(fit() + " --data " + dir_.path() + " --epochs 40 --verbose 2 --save " +
+                         final_model);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("Epoch 1: val_loss improved from inf to "), std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find(", saving model to " + best + "\n"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(": early stopping\n"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("did not improve in the last 3 records"), std::string::npos);
+    EXPECT_EQ(r.output.find("Epoch 40/40"), std::string::npos) << r.output;
+    const std::string restoring = "Restoring model weights from the end of the best epoch: ";
+    const size_t at = r.output.find(restoring);
+    ASSERT_NE(at, std::string::npos) << r.output;
+    // The best epoch is the last one whose message says it improved.
+    const size_t from = at + restoring.size();
+    const std::string best_epoch = r.output.substr(from, r.output.find('.', from) - from);
+    const size_t last_improved = r.output.rfind(" improved from ");
+    const size_t line = r.output.rfind("\nEpoch ", last_improved);
+    EXPECT_EQ(r.output.substr(line + 7, r.output.find(':', line) - line - 7), best_epoch)
+        << r.output;
+    auto saved = load_model(best);
+    auto trained = load_model(final_model);
+    const auto a = saved->get_weights(), b = trained->get_weights();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+        for (size_t j = 0; j < a[i].weights.size(); ++j) {
+            EXPECT_EQ(a[i].weights[j].values, b[i].weights[j].values) << a[i].layer_name;
+        }
+    }
+}
+
+TEST_F(CliTest, TheDefaultCheckpointGoesToTheCurrentDirectory) {
+    const Result r = run("cd " + dir_.path() + " && " + kBin + " fit --device cpu --data " +
+                         dir_.path() + " --epochs 1 --verbose 0");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.find("Epoch"), std::string::npos) << r.output;  // --verbose 0: silent
+    std::ifstream in(dir_.file("best_model.h5"));
+    EXPECT_TRUE(in.good());
+    // --save-weights-only changes the default name to Keras's weights file name.
+    const Result w = run("cd " + dir_.path() + " && " + kBin + " fit --device cpu --data " +
+                         dir_.path() + " --epochs 1 --verbose 0 --save-weights-only "
+                         "--early-stopping none");
+    ASSERT_EQ(w.status, 0) << w.output;
+    EXPECT_TRUE(std::ifstream(dir_.file("best_model.weights.h5")).good());
+}
+
+TEST_F(CliTest, BadCallbackFlagsFailBeforeAnyWork) {
+    const std::string best = dir_.file("best_model.h5");
+    std::ofstream(best) << "keep me";
+    const std::string base = kBin + " fit --device cpu --data " + dir_.path() + " --epochs 2 ";
+    struct Case {
+        std::string flags, needle;
+    };
+    const Case cases[] = {
+        {"--checkpoint /nonexistent/dir/m.h5", "/nonexistent/dir"},
+        {"--checkpoint " + dir_.file("m.keras"), ".keras"},
+        {"--checkpoint " + dir_.file("m-{val_f1}.h5"), "'val_f1'"},
+        {"--validation-split 0", "validation data"},  // the monitored val_loss never comes
+        {"--save-freq weekly", "weekly"},
+        {"--save-freq 10", "batch logs"},  // best-only on val_loss with batch-level saves
+        {"--monitor val_f2 --mode auto", "monitor=val_f2"},
+        {"--reduce-lr-on-plateau --reduce-lr-factor 1.5", "factor"},
+        {"--reduce-lr-on-plateau --lr-schedule step", "--lr-schedule"},
+        {"--csv-log /nonexistent/dir/log.csv", "/nonexistent/dir"},
+        {"--csv-log " + dir_.file("l.csv") + " --csv-separator ab", "1-character"},
+        {"--backup-dir /nonexistent/dir/backup", "/nonexistent/dir"},
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.flags);
+        const bool own_checkpoint = c.flags.find("--checkpoint") != std::string::npos;
+        const Result r = run(base + c.flags + (own_checkpoint ? "" : " --checkpoint " + best));
+        EXPECT_EQ(r.status, 1) << r.output;
+        EXPECT_NE(r.output.find("kiln: error:"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find(c.needle), std::string::npos) << r.output;
+        EXPECT_EQ(r.output.find("Epoch 1"), std::string::npos) << r.output;
+    }
+    std::ifstream in(best);
+    std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(kept, "keep me");
+}
+
+TEST_F(CliTest, TheRestOfKerassCallbacksFromTheCommandLine) {
+    const std::string csv = dir_.file("log.csv"), backup = dir_.file("backup");
+    const Result r = run(fit() + " --data " + dir_.path() + " --epochs 3 --verbose 1 "
+                         "--early-stopping none --csv-log " + csv + " --terminate-on-nan "
+                         "--lr-schedule step --lr-decay-every 1 --lr-decay-rate 0.5 "
+                         "--backup-dir " + backup);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("Epoch 2: LearningRateScheduler setting learning rate to 0.0005."),
+              std::string::npos) << r.output;
+    std::ifstream in(csv);
+    std::string header, row;
+    std::getline(in, header);
+    EXPECT_EQ(header, "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss\r");
+    int rows = 0;
+    while (std::getline(in, row)) ++rows;
+    EXPECT_EQ(rows, 3);
+    EXPECT_FALSE(std::ifstream(backup + "/latest.h5").good());  // removed when the run completed
+
+    const Result p = run(fit() + " --data " + dir_.path() + " --epochs 3 --verbose 1 "
+                         "--early-stopping none --reduce-lr-on-plateau --reduce-lr-patience 0 "
+                         "--reduce-lr-min-delta 10");
+    ASSERT_EQ(p.status, 0) << p.output;
+    EXPECT_NE(p.output.find("Epoch 2: ReduceLROnPlateau reducing learning rate to "),
+              std::string::npos) << p.output;
 }
 
 TEST_F(CliTest, ExampleProgramRuns) {

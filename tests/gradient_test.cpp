@@ -184,5 +184,118 @@ TEST(GradientTest, RegressionLosses) {
                      losses::MeanAbsoluteError(), GradCase::Targets::kReal});
 }
 
+// ---- image layers ---------------------------------------------------------------------------
+// Each image layer is checked behind a 2×2 convolution, so that the convolution's parameters
+// check the layer's input gradient too, and in front of Flatten and a softmax Dense.
+
+GradCase image_case(std::string label, std::vector<LayerPtr> middle, Shape input = {7, 7, 2}) {
+    std::vector<LayerPtr> all = {layers::Conv2D(2, {2, 2}, "tanh")};
+    for (auto& layer : middle) all.push_back(layer);
+    all.push_back(layers::Flatten());
+    all.push_back(layers::Dense(3, "softmax"));
+    return {std::move(label), std::move(all), std::move(input), sparse(),
+            GradCase::Targets::kSparse};
+}
+
+TEST(GradientTest, Conv2DValidAndSamePadding) {
+    // (7, 7, 2) → (6, 6, 2) before the layer under test.
+    check_gradients(image_case("Conv2D valid", {layers::Conv2D(3, {3, 3}, "tanh")}));
+    check_gradients(image_case("Conv2D same, symmetric padding",
+                               {layers::Conv2D(3, {3, 3}, "relu", {1, 1}, "same")}));
+    // 6 cells, stride 2, kernel 3: 3 outputs, one padding cell, after (Keras puts it at the end).
+    check_gradients(image_case("Conv2D same, stride 2, padding at the end only",
+                               {layers::Conv2D(3, {3, 3}, "tanh", {2, 2}, "same")}));
+    check_gradients(image_case("Conv2D same, stride 2, kernel 4",
+                               {layers::Conv2D(2, {4, 4}, "linear", {2, 2}, "same")}));
+}
+
+TEST(GradientTest, Conv2DStridesDilationAndShapes) {
+    check_gradients(image_case("Conv2D valid, strides (2, 1), kernel (3, 2)",
+                               {layers::Conv2D(3, {3, 2}, "tanh", {2, 1})}));
+    check_gradients(image_case("Conv2D valid, dilation 2",
+                               {layers::Conv2D(2, {2, 2}, "tanh", {1, 1}, "valid", {2, 2})}));
+    check_gradients(image_case("Conv2D same, dilation (2, 3)",
+                               {layers::Conv2D(2, {3, 2}, "sigmoid", {1, 1}, "same", {2, 3})}));
+    check_gradients(image_case("Conv2D 1x1 without bias",
+                               {layers::Conv2D(3, {1, 1}, "elu", {1, 1}, "valid", {1, 1}, false)}));
+    check_gradients(image_case("Conv2D gelu (keeps its pre-activation)",
+                               {layers::Conv2D(2, {3, 3}, "gelu")}));
+}
+
+TEST(GradientTest, Conv2DAsTheFirstLayer) {
+    check_gradients({"Conv2D first",
+                     {layers::Conv2D(3, {3, 3}, "tanh", {2, 2}, "same"), layers::Flatten(),
+                      layers::Dense(3, "softmax")},
+                     {5, 6, 1},
+                     sparse(),
+                     GradCase::Targets::kSparse});
+}
+
+TEST(GradientTest, MaxPooling2D) {
+    check_gradients(image_case("MaxPooling2D 2, valid", {layers::MaxPooling2D()}));
+    check_gradients(image_case("MaxPooling2D 3, stride 2, same (padding at the end)",
+                               {layers::MaxPooling2D({3, 3}, {2, 2}, "same")}));
+    check_gradients(image_case("MaxPooling2D 2, stride 1 (overlapping windows)",
+                               {layers::MaxPooling2D({2, 2}, {1, 1})}));
+    check_gradients(image_case("MaxPooling2D (3, 2), valid, on an odd size",
+                               {layers::MaxPooling2D({3, 2})}, {8, 7, 2}));
+}
+
+TEST(GradientTest, AveragePooling2D) {
+    check_gradients(image_case("AveragePooling2D 2, valid", {layers::AveragePooling2D()}));
+    check_gradients(image_case("AveragePooling2D 3, stride 2, same (padding not counted)",
+                               {layers::AveragePooling2D({3, 3}, {2, 2}, "same")}));
+    check_gradients(image_case("AveragePooling2D 2, stride 1, same",
+                               {layers::AveragePooling2D({2, 2}, {1, 1}, "same")}));
+}
+
+TEST(GradientTest, GlobalAveragePooling2D) {
+    check_gradients(image_case("GlobalAveragePooling2D", {layers::GlobalAveragePooling2D()}));
+    check_gradients(
+        image_case("GlobalAveragePooling2D keepdims", {layers::GlobalAveragePooling2D(true)}));
+}
+
+TEST(GradientTest, BatchNormalizationInTraining) {
+    // Through the batch mean and variance, which depend on every sample.
+    check_gradients(image_case("BatchNormalization of an image", {layers::BatchNormalization()}));
+    check_gradients(image_case("BatchNormalization without scale",
+                               {layers::BatchNormalization(0.99f, 1e-3f, true, false)}));
+    check_gradients(image_case("BatchNormalization without center or scale",
+                               {layers::BatchNormalization(0.9f, 1e-2f, false, false)}));
+    check_gradients({"BatchNormalization of features",
+                     {layers::Dense(5, "tanh"), layers::BatchNormalization(),
+                      layers::Dense(3, "softmax")},
+                     {4},
+                     sparse(),
+                     GradCase::Targets::kSparse});
+    check_gradients({"BatchNormalization first",
+                     {layers::BatchNormalization(), layers::Conv2D(2, {2, 2}, "tanh"),
+                      layers::Flatten(), layers::Dense(3, "softmax")},
+                     {3, 3, 2},
+                     sparse(),
+                     GradCase::Targets::kSparse});
+}
+
+TEST(GradientTest, ReshapeBetweenDenseAndConv2D) {
+    check_gradients({"Reshape",
+                     {layers::Dense(12, "tanh"), layers::Reshape({2, -1, 2}),
+                      layers::Conv2D(2, {2, 2}, "tanh"), layers::Flatten(),
+                      layers::Dense(3, "softmax")},
+                     {4},
+                     sparse(),
+                     GradCase::Targets::kSparse});
+}
+
+TEST(GradientTest, TheMnistConvnetShape) {
+    // The preset's layers, smaller.
+    check_gradients({"Conv2D, MaxPooling2D, Conv2D, MaxPooling2D, Dropout",
+                     {layers::Conv2D(3, {3, 3}, "relu"), layers::MaxPooling2D(),
+                      layers::Conv2D(4, {3, 3}, "relu"), layers::MaxPooling2D(),
+                      layers::Flatten(), layers::Dropout(0.5f), layers::Dense(3, "softmax")},
+                     {12, 12, 1},
+                     sparse(),
+                     GradCase::Targets::kSparse});
+}
+
 }  // namespace
 }  // namespace kiln

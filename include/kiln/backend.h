@@ -13,13 +13,55 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "kiln/conv_ops.h"
 #include "kiln/ops.h"
 #include "kiln/tensor.h"
 
 namespace kiln {
 
 enum class DeviceKind { kCpu, kCuda };
+
+// One region of a staging copy: `bytes` of device memory at `src` to offset `offset` of the
+// staging buffer.
+struct StagingRegion {
+    size_t offset = 0;
+    const void* src = nullptr;
+    size_t bytes = 0;
+};
+
+// Host memory a checkpoint is copied into off the device: pinned on CUDA, so the copy runs on a
+// copy stream while training goes on; plain memory on the CPU, where the copy is a memcpy.
+//
+// The training thread calls `stage`; the checkpoint writer thread calls `wait` and then reads
+// `host()`. The caller keeps the two apart: a buffer is not staged again until the thread
+// reading it is done, and `host()` is not read before `wait` returns. Neither call is counted
+// in Backend::reads(), and neither makes the training thread wait for the device.
+class StagingBuffer {
+public:
+    virtual ~StagingBuffer() = default;
+    StagingBuffer(const StagingBuffer&) = delete;
+    StagingBuffer& operator=(const StagingBuffer&) = delete;
+
+    size_t bytes() const { return bytes_; }
+    // Valid for bytes() bytes; holds the staged bytes once `wait` has returned.
+    virtual const void* host() const = 0;
+
+    // Queues copies of the regions, ordered after every op queued on the backend so far, and
+    // returns at once. Ops queued afterwards may overwrite the device memory at once: on CUDA
+    // the regions are first copied device-to-device on the compute stream (as a snapshot is),
+    // and the device-to-host copy runs from there on the copy stream.
+    virtual void stage(const std::vector<StagingRegion>& regions) = 0;
+    // Blocks until every copy queued by the last `stage` has landed in host(). Any thread.
+    virtual void wait() = 0;
+
+protected:
+    explicit StagingBuffer(size_t bytes) : bytes_(bytes) {}
+
+private:
+    size_t bytes_;
+};
 
 class Backend {
 public:
@@ -51,6 +93,10 @@ public:
 
     // Blocking device-to-host reads since construction.
     uint64_t reads() const { return reads_; }
+
+    // Host memory for checkpoints (see StagingBuffer below), reused from one checkpoint to the
+    // next. It must not outlive the backend.
+    virtual std::unique_ptr<StagingBuffer> make_staging_buffer(size_t bytes) = 0;
 
     // ---- dense algebra --------------------------------------------------------------------
     // c(m×n) = alpha · op(a) · op(b) + beta · c, op(x) = x or xᵀ. a is stored m×k (or k×m when
@@ -98,6 +144,47 @@ public:
     // dst(count×cols) = src rows index[offset .. offset+count). Both src and dst are on the device.
     virtual void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
                              int64_t cols, const View& dst) = 0;
+
+    // ---- convolution, pooling, normalisation (NHWC; kiln/conv_ops.h) ----------------------
+    // y(N, OH, OW, F) = act(x(N, H, W, C) ⋆ kernel(KH, KW, C, F) + bias(F)): Keras's Conv2D,
+    // bias optional (null data). act is element-wise: a softmax (over the filters of each pixel)
+    // is left to bias_activation_forward, as is any activation whose backward pass needs the
+    // pre-activation (GELU).
+    virtual void conv2d_forward(const Conv2DGeometry& g, const View& x, const View& kernel,
+                                const View& bias, ActivationSpec act, const View& y) = 0;
+    // dx(N, H, W, C) = dL/dx from dy(N, OH, OW, F) (=).
+    virtual void conv2d_backward_data(const Conv2DGeometry& g, const View& dy, const View& kernel,
+                                      const View& dx) = 0;
+    // dkernel(KH, KW, C, F) = dL/dkernel from x and dy (=).
+    virtual void conv2d_backward_filter(const Conv2DGeometry& g, const View& x, const View& dy,
+                                        const View& dkernel) = 0;
+
+    // y(N, OH, OW, C) = the max or the average of each window of x.
+    virtual void pool2d_forward(const Pool2DGeometry& g, const View& x, const View& y) = 0;
+    // dx = dL/dx (=) from x, y and dy. A max window sends its gradient to its first largest
+    // cell (in row-major order); an average window shares it among its cells in the image.
+    virtual void pool2d_backward(const Pool2DGeometry& g, const View& x, const View& y,
+                                 const View& dy, const View& dx) = 0;
+
+    // Training: y = gamma·(x - mean)·inv_std + beta with each channel's batch mean and biased
+    // variance, inv_std = 1/sqrt(variance + epsilon); saves mean and inv_std (channels each) for
+    // the backward pass and updates the moving statistics as Keras 3 does,
+    // moving = moving·momentum + batch·(1 - momentum), with the same biased variance.
+    virtual void batch_norm_forward_training(const BatchNormGeometry& g, const View& x,
+                                             const View& gamma, const View& beta, const View& y,
+                                             const View& moving_mean, const View& moving_variance,
+                                             const View& saved_mean,
+                                             const View& saved_inv_std) = 0;
+    // Inference: the same with the moving statistics in place of the batch's.
+    virtual void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
+                                              const View& gamma, const View& beta,
+                                              const View& moving_mean,
+                                              const View& moving_variance, const View& y) = 0;
+    // dx, dgamma, dbeta (=) of the training forward pass, through the batch statistics.
+    virtual void batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
+                                     const View& gamma, const View& saved_mean,
+                                     const View& saved_inv_std, const View& dx,
+                                     const View& dgamma, const View& dbeta) = 0;
 
 protected:
     uint64_t reads_ = 0;

@@ -1,4 +1,6 @@
-// Callbacks with Keras's hooks and logs. History and the progress bar are callbacks too.
+// Callbacks with Keras's hooks and logs. History and the progress bar are callbacks too; Keras's
+// other callbacks (ModelCheckpoint, EarlyStopping, ReduceLROnPlateau, CSVLogger, TerminateOnNaN,
+// LearningRateScheduler, LambdaCallback, BackupAndRestore) are in kiln/callbacks/.
 //
 // Logs are keyed as Keras keys them: "loss", "accuracy", "val_loss", "val_accuracy". The epoch
 // passed to the hooks is 0-based, as in Keras; messages print it 1-based.
@@ -31,17 +33,40 @@ private:
     std::vector<std::pair<std::string, double>> items_;
 };
 
+// What fit tells every callback before on_train_begin: Keras's `params`, and the keys the logs
+// will have, so that a callback can reject a configuration before any step (a filepath naming a
+// key the logs will not have).
+struct FitParams {
+    int epochs = 0;
+    int initial_epoch = 0;
+    int64_t steps = 0;  // steps per epoch
+    int verbose = 0;    // fit's verbosity
+    // The epoch logs' keys in order: "loss", the metric, their "val_" twins when there is
+    // validation data, then what callbacks add (add_to_logs), e.g. "learning_rate".
+    std::vector<std::string> epoch_log_keys;
+    // The batch logs' keys when a peek has completed: "loss" and the metric, never "val_" ones.
+    std::vector<std::string> batch_log_keys;
+};
+
+// Where a resumed fit starts (see Callback::resume_point).
+struct ResumePoint {
+    int epoch = 0;                     // the 0-based epoch to start from
+    std::string callbacks_state_json;  // as CheckpointRequest::callbacks_state_json
+    std::string source;                // the file it came from, for messages
+};
+
 class Callback {
 public:
     virtual ~Callback() = default;
 
     // The model being trained; set by fit before on_train_begin.
     virtual void set_model(Sequential* model) { model_ = model; }
-    // Total epochs and steps per epoch, set by fit before on_train_begin.
-    virtual void set_params(int epochs, int64_t steps, int verbose) {
-        epochs_ = epochs;
-        steps_ = steps;
-        verbose_ = verbose;
+    // Set by fit before validate and on_train_begin.
+    virtual void set_params(const FitParams& params) {
+        params_ = params;
+        epochs_ = params.epochs;
+        steps_ = params.steps;
+        verbose_ = params.verbose;
     }
 
     virtual void on_train_begin(const Logs& logs) { (void)logs; }
@@ -50,26 +75,65 @@ public:
     virtual void on_epoch_end(int epoch, const Logs& logs) { (void)epoch, (void)logs; }
     virtual void on_train_batch_begin(int64_t batch, const Logs& logs) { (void)batch, (void)logs; }
     // Batch logs hold the epoch's running values as of the newest completed non-blocking peek
-    // (they may lag the batch by a few steps on a GPU), and only when some callback asks for
-    // them through wants_batch_logs(): reading them never makes training wait.
+    // (they may lag the batch by a few steps on a GPU, and are empty until the first peek
+    // completes), and only when some callback asks for them through wants_batch_logs():
+    // reading them never makes training wait.
     virtual void on_train_batch_end(int64_t batch, const Logs& logs) { (void)batch, (void)logs; }
     virtual void on_test_begin(const Logs& logs) { (void)logs; }
     virtual void on_test_end(const Logs& logs) { (void)logs; }
     virtual bool wants_batch_logs() const { return false; }
 
+    // ---- kiln's hooks beyond Keras's --------------------------------------------------------
+    // Throws kiln::Error for a configuration this fit cannot honour (a monitor whose direction
+    // auto mode cannot tell, a filepath key the logs will not have). fit calls it on every
+    // callback before any on_train_begin and before the dataset goes to the device, so a
+    // rejected run has trained nothing and written nothing.
+    virtual void validate(const FitParams& params) const { (void)params; }
+    // Keys this callback adds to the epoch logs (Keras's ReduceLROnPlateau writes
+    // "learning_rate"), and the hook that adds them: fit calls add_to_logs on every callback
+    // before any on_epoch_end, so every callback sees the same logs whatever their order.
+    virtual std::vector<std::string> added_log_keys() const { return {}; }
+    virtual void add_to_logs(int epoch, Logs* logs) { (void)epoch, (void)logs; }
+    // Called after every callback's on_epoch_end (on_train_batch_end) for the same epoch
+    // (batch). Checkpoint writers make their requests here, so that the callbacks' state a
+    // checkpoint stores is the state the next epoch starts from, whatever the callbacks' order.
+    virtual void after_epoch_end(int epoch, const Logs& logs) { (void)epoch, (void)logs; }
+    virtual void after_train_batch_end(int64_t batch, const Logs& logs) { (void)batch, (void)logs; }
+    // Before validate, fit asks each callback whether it resumes an interrupted run
+    // (BackupAndRestore finding a backup). One that does has set the model's weights itself and
+    // returns the epoch to start from and the callbacks' state to hand back.
+    virtual std::optional<ResumePoint> resume_point() { return std::nullopt; }
+
     // ---- state that survives a resume ----------------------------------------------------
     // A callback with state (a best value, a wait counter) names itself with a key unique in
     // the run and returns its state as a JSON object; checkpoints store it, and resuming hands
-    // it back through restore_state before on_train_begin.
+    // it back through restore_state before on_train_begin (which then keeps it instead of
+    // starting afresh). fit makes repeated keys unique by appending "#2", "#3", ... in order.
     virtual std::string state_key() const { return ""; }
     virtual std::string state_json() const { return "{}"; }
     virtual void restore_state(const std::string& json) { (void)json; }
 
+    // ---- messages --------------------------------------------------------------------------
+    // Where the callback's messages (stdout) and warnings (stderr, "kiln: " first) go; tests
+    // pass temporary files.
+    void set_output(std::FILE* out, std::FILE* err) {
+        msg_out_ = out;
+        msg_err_ = err;
+    }
+
 protected:
+    // A line on the message stream.
+    void say(const std::string& line) const;
+    // "kiln: " + text on the warning stream.
+    void warn(const std::string& text) const;
+
     Sequential* model_ = nullptr;
+    FitParams params_;
     int epochs_ = 0;
     int64_t steps_ = 0;
     int verbose_ = 0;
+    std::FILE* msg_out_ = stdout;
+    std::FILE* msg_err_ = stderr;
 };
 
 using CallbackPtr = std::shared_ptr<Callback>;
@@ -107,6 +171,13 @@ private:
     std::chrono::steady_clock::time_point epoch_start_, last_draw_;
     size_t last_width_ = 0;
 };
+
+// The keys fit's logs will have: the batch logs' ("loss", then the metric when there is one)
+// and the epoch logs' (those, their "val_" twins with validation data, then each callback's
+// added_log_keys, once each).
+std::vector<std::string> batch_log_keys(const std::string& metric_name);
+std::vector<std::string> epoch_log_keys(const std::string& metric_name, bool validation,
+                                        const std::vector<CallbackPtr>& callbacks);
 
 // Keras's number formatting for logs: 4 decimals, or scientific below 1e-3, as the Progbar.
 std::string format_metric(double value);

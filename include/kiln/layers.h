@@ -5,6 +5,7 @@
 // in buffers the model owns, sized once for the largest batch; nothing is allocated per step.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -115,6 +116,29 @@ LayerPtr Dense(int64_t units, const std::string& activation = "linear", bool use
 LayerPtr Activation(const std::string& activation, const std::string& name = "");
 LayerPtr Dropout(float rate, int64_t seed = -1, const std::string& name = "");
 LayerPtr Flatten(const std::string& name = "");
+
+// Image layers, channels-last: a sample is (height, width, channels). (height, width) pairs are
+// given as {h, w}. C++ has no keyword arguments, so Conv2D takes its activation third, before
+// the arguments that usually keep their defaults; the defaults are Keras's.
+LayerPtr Conv2D(int64_t filters, std::array<int64_t, 2> kernel_size,
+                const std::string& activation = "linear", std::array<int64_t, 2> strides = {1, 1},
+                const std::string& padding = "valid", std::array<int64_t, 2> dilation_rate = {1, 1},
+                bool use_bias = true, const std::string& kernel_initializer = "glorot_uniform",
+                const std::string& bias_initializer = "zeros", const std::string& name = "");
+// strides {0, 0}: Keras's None, the pool size.
+LayerPtr MaxPooling2D(std::array<int64_t, 2> pool_size = {2, 2},
+                      std::array<int64_t, 2> strides = {0, 0}, const std::string& padding = "valid",
+                      const std::string& name = "");
+LayerPtr AveragePooling2D(std::array<int64_t, 2> pool_size = {2, 2},
+                          std::array<int64_t, 2> strides = {0, 0},
+                          const std::string& padding = "valid", const std::string& name = "");
+LayerPtr GlobalAveragePooling2D(bool keepdims = false, const std::string& name = "");
+// Over the last axis (Keras's axis=-1): gamma and beta train, moving_mean and moving_variance
+// are non-trainable weights, updated in training and used in inference.
+LayerPtr BatchNormalization(float momentum = 0.99f, float epsilon = 1e-3f, bool center = true,
+                            bool scale = true, const std::string& name = "");
+// The shape of one sample; one entry may be -1, inferred from the others.
+LayerPtr Reshape(Shape target_shape, const std::string& name = "");
 
 }  // namespace layers
 }  // namespace kiln

@@ -25,9 +25,12 @@
 #include "kiln/losses.h"
 #include "kiln/model_config.h"
 #include "kiln/optimizers.h"
+#include "kiln/snapshot.h"
 #include "kiln/tensor.h"
 
 namespace kiln {
+
+class CheckpointWriter;
 
 struct CompileOptions {
     DeviceChoice device = DeviceChoice::kAuto;
@@ -51,6 +54,10 @@ struct FitArgs {
     int initial_epoch = 0;
     int verbose = 1;  // 0 silent, 1 progress bar, 2 one line per epoch
     std::vector<CallbackPtr> callbacks;
+    // The callbacks' state to continue from (CheckpointRequest::callbacks_state_json, as a
+    // resumed checkpoint holds it): each callback whose state key it names gets its state back
+    // through restore_state before on_train_begin.
+    std::string resume_callbacks_state_json;
 };
 
 class Sequential {
@@ -100,19 +107,44 @@ public:
     std::vector<double> flat_gradients() const;
     void set_flat_parameters(const std::vector<double>& values);
 
-    // ---- saving --------------------------------------------------------------------------
-    // The Keras legacy HDF5 full-model file (config, weights, training config), written
-    // atomically.
+    // ---- saving and checkpoints (kiln/checkpoint.h has the formats) --------------------------
+    // The Keras legacy HDF5 full-model file (config, weights, training config) with kiln's
+    // `kiln` group (optimizer state, epoch, step, seed, history, checksums), written
+    // atomically. Waits for the file; its result.
     Status save(const std::string& path) const;
+    // The Keras 3 weights file (`*.weights.h5`), with the `kiln` group, written atomically.
+    Status save_weights(const std::string& path) const;
+    // Sets the weights from a `*.weights.h5` file (Keras's or kiln's), pairing layers by
+    // Keras's keys ("dense", "dense_1", ...), or from a full `.h5` file, pairing layers by
+    // position as Keras does. A layer or shape mismatch is an error naming the layer; a kiln
+    // file whose checksums do not verify is refused.
+    Status load_weights(const std::string& path);
 
-    // Writes a checkpoint for a callback. Training does not wait for the disk where the
-    // writer is asynchronous; a failure is reported as a Status here or by
-    // wait_for_checkpoints, and never leaves a partial file.
-    // TODO(checkpoint): synchronous for now; the checkpoint-files issue makes it asynchronous
-    // (pinned staging on a copy stream, one writer thread) and adds weights-only files.
+    // Writes a checkpoint for a callback without making training wait: the weights (or a
+    // snapshot slot's) and the optimizer state are copied off the device into a staging buffer
+    // (pinned, on a copy stream, on CUDA) and handed to the model's writer thread, which
+    // publishes the file atomically. At most one write is in flight and one waiting; a newer
+    // request for the file that is waiting replaces it, a request for another file then waits
+    // for the write in flight. A failed write warns on stderr ("kiln: warning: ..."), keeps the
+    // previous file and is reported by wait_for_checkpoints and last_checkpoint_status; this
+    // returns an error only for a request that cannot be made (a path of the wrong kind).
     Status request_checkpoint(const CheckpointRequest& request);
     // Blocks until every requested checkpoint is on disk; the first failure since the last call.
+    // fit waits the same way before on_train_end and before it returns.
     Status wait_for_checkpoints();
+    // The newest finished write of `path`, or, with no path, the first target whose newest
+    // write failed (ok when every target's newest write succeeded, or none was made). Never
+    // waits.
+    Status last_checkpoint_status(const std::string& path = "") const;
+    CheckpointStats checkpoint_stats() const;
+
+    // Restores a checkpoint written by kiln (full model or weights file, from the live weights)
+    // into this compiled model of the same architecture: the weights, the optimizer's state,
+    // the step count, the seed, the learning rate and the history. Calling fit with
+    // initial_epoch = state->epoch then continues the run exactly as if it had not stopped (bit
+    // for bit on the CPU), given the same data and the same fit arguments. *state (when given)
+    // receives what the file holds, callbacks_state_json included.
+    Status restore_training_state(const std::string& path, TrainingState* state = nullptr);
 
     // ---- description ---------------------------------------------------------------------
     ModelConfig config() const;
@@ -134,6 +166,18 @@ public:
     // Keras's metric key for the compiled metric ("accuracy"), empty when none.
     const std::string& metric_name() const { return metric_name_; }
     int64_t iterations() const { return iterations_; }
+    // Epochs completed in this run (restored ones included); what a checkpoint records.
+    int epochs_completed() const { return epochs_completed_; }
+    // Every epoch of the run, a resumed run's earlier epochs included (fit's History holds
+    // only the epochs that fit ran, as Keras's does).
+    const History& run_history() const { return run_history_; }
+    // Device-side copies of the weights (EarlyStopping's best weights); slots are freed when
+    // the model is compiled again or destroyed.
+    SnapshotService& snapshots() { return *snapshots_; }
+    const SnapshotService& snapshots() const { return *snapshots_; }
+    // Every callback's state in the fit running now, as a JSON object keyed by state key (what
+    // a checkpoint stores); "{}" outside fit.
+    std::string callbacks_state_json() const;
     // A one-line description of the chosen backend and why.
     const std::string& device_message() const { return device_message_; }
 
@@ -157,6 +201,12 @@ private:
                             int slot);
     Logs logs_from(const double* acc, int slot, const std::string& prefix) const;
     std::string training_config_json() const;
+    // The model's checkpoint writer, made at the first checkpoint after compile.
+    CheckpointWriter& checkpoint_writer() const;
+    // Captures a checkpoint's metadata and stages its bytes; returns the writer's job id.
+    uint64_t submit_checkpoint(const CheckpointRequest& request, bool synchronous) const;
+    // Sets the weights from a file's contents (load_weights, restore_training_state).
+    Status apply_weights(const CheckpointContents& contents, const std::string& path);
 
     std::string name_;
     Shape input_shape_;
@@ -177,6 +227,19 @@ private:
     int64_t n_params_ = 0;  // elements of the flat buffers, padding included
     std::unique_ptr<Buffers> buffers_;
     std::vector<View> layer_inputs_;  // each layer's input in the last forward pass
+
+    int epochs_completed_ = 0;
+    int64_t batches_in_epoch_ = 0;  // of the epoch under way; 0 between epochs
+    History run_history_;
+    std::string fit_args_json_ = "{}";  // the last fit's arguments (TrainingState::fit_args_json)
+    // Mutable: save() is const, and a save is a write through the writer.
+    mutable std::unique_ptr<CheckpointWriter> writer_;
+
+    // After backend_, so that its slots go first.
+    std::unique_ptr<SnapshotService> snapshots_ = std::make_unique<SnapshotService>(*this);
+    // The callbacks of the fit running now and their unique state keys (callbacks_state_json).
+    const std::vector<CallbackPtr>* active_callbacks_ = nullptr;
+    std::vector<std::string> active_state_keys_;
 };
 
 // Loads a model saved by Sequential::save or written by Keras (`.h5`): builds it, compiles it

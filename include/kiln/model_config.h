@@ -2,6 +2,7 @@
 // the layers kiln supports, and the weights that go with it in a model file.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -13,7 +14,9 @@ namespace kiln {
 
 // One layer's Keras config. Only the fields of its class_name are meaningful.
 struct LayerConfig {
-    std::string class_name;  // "InputLayer", "Dense", "Activation", "Dropout", "Flatten"
+    // "InputLayer", "Dense", "Activation", "Dropout", "Flatten", "Conv2D", "MaxPooling2D",
+    // "AveragePooling2D", "GlobalAveragePooling2D", "BatchNormalization", "Reshape"
+    std::string class_name;
     std::string name;        // "dense", "dense_1", ... (Keras's automatic names when empty)
 
     // InputLayer: the shape of one sample (Keras's batch_shape without the batch dimension).
@@ -31,6 +34,34 @@ struct LayerConfig {
     // Dropout
     float rate = 0.0f;
     int64_t seed = -1;  // -1: none given (Keras's null)
+
+    // Conv2D (with use_bias, kernel_initializer, bias_initializer and activation above);
+    // (height, width) pairs, channels_last only.
+    int64_t filters = 0;
+    std::array<int64_t, 2> kernel_size = {0, 0};
+    std::array<int64_t, 2> dilation_rate = {1, 1};
+    // Conv2D and the pooling layers. strides {0, 0} is Keras's None: (1, 1) for Conv2D, the
+    // pool_size for pooling. padding is "valid" or "same".
+    std::array<int64_t, 2> strides = {0, 0};
+    std::string padding = "valid";
+    // MaxPooling2D, AveragePooling2D
+    std::array<int64_t, 2> pool_size = {2, 2};
+    // GlobalAveragePooling2D: keep the (1, 1) spatial dimensions.
+    bool keepdims = false;
+
+    // BatchNormalization (the last axis only: -1, or the input's rank counting the batch axis)
+    int64_t axis = -1;
+    float momentum = 0.99f;
+    float epsilon = 1e-3f;
+    bool center = true;  // beta
+    bool scale = true;   // gamma
+    std::string beta_initializer = "zeros";
+    std::string gamma_initializer = "ones";
+    std::string moving_mean_initializer = "zeros";
+    std::string moving_variance_initializer = "ones";
+
+    // Reshape: the shape of one sample; one entry may be -1 (inferred).
+    Shape target_shape;
 };
 
 struct ModelConfig {

@@ -4,12 +4,16 @@
 // 50 epochs, batch 32, validation_split 0.1, then the test set.
 #include <unistd.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -121,8 +125,255 @@ kiln::ModelConfig default_mlp() {
     return c;
 }
 
+// The callbacks' flags. The defaults are the Keras recipe's two callbacks:
+// ModelCheckpoint("best_model.h5", monitor="val_loss", mode="min", save_best_only=True,
+// save_weights_only=False, verbose=1) and EarlyStopping(monitor="val_loss", mode="min",
+// patience=3, restore_best_weights=True, verbose=1).
+struct CallbackFlags {
+    std::string checkpoint = "best_model.h5";
+    std::string monitor = "val_loss";
+    std::string mode = "min";
+    bool save_best_only = true;
+    bool save_weights_only = false;
+    std::string save_freq = "epoch";
+    std::optional<double> initial_value_threshold;
+    int patience = 3;
+    double min_delta = 0.0;
+    std::optional<double> baseline;
+    int start_from_epoch = 0;
+    bool restore_best_weights = true;
+    std::string early_stopping = "on";
+    std::string csv_log;
+    bool csv_append = false;
+    std::string csv_separator = ",";
+    bool reduce_lr = false;
+    double reduce_lr_factor = 0.1;
+    int reduce_lr_patience = 10;
+    int reduce_lr_cooldown = 0;
+    double reduce_lr_min_delta = 1e-4;
+    double min_lr = 0.0;
+    bool terminate_on_nan = false;
+    std::string backup_dir;
+    std::string backup_save_freq = "epoch";
+    bool keep_backup = false;
+    bool double_checkpoint = false;
+    std::string lr_schedule;
+    std::optional<double> lr_decay_rate;
+    int lr_decay_every = 10;
+    int lr_decay_epochs = 0;  // 0: --epochs
+    double lr_alpha = 0.0;
+    // Set after parsing: whether --checkpoint was given.
+    bool checkpoint_given = false;
+};
+
+void add_callback_flags(CLI::App* cmd, CallbackFlags* f) {
+    const std::string mc = "Callbacks";
+    cmd->add_option("--checkpoint", f->checkpoint,
+                    "ModelCheckpoint's filepath, a Python format template over epoch and the "
+                    "logs (e.g. ckpt/{epoch:02d}-{val_loss:.2f}.h5), or none")
+        ->capture_default_str()->group(mc);
+    cmd->add_option("--monitor", f->monitor,
+                    "The log key ModelCheckpoint, EarlyStopping and ReduceLROnPlateau watch")
+        ->capture_default_str()->group(mc);
+    cmd->add_option("--mode", f->mode,
+                    "min, max, or auto (minimise losses, maximise accuracy); the recipe's min")
+        ->capture_default_str()->check(CLI::IsMember({"auto", "min", "max"}))->group(mc);
+    cmd->add_flag("--save-best-only,!--no-save-best-only", f->save_best_only,
+                  "Save only when the monitored value improves (default: on)")->group(mc);
+    cmd->add_flag("--save-weights-only", f->save_weights_only,
+                  "Save a Keras weights file (*.weights.h5; default name "
+                  "best_model.weights.h5)")->group(mc);
+    cmd->add_option("--save-freq", f->save_freq, "epoch, or save every N batches")
+        ->capture_default_str()->group(mc);
+    cmd->add_option("--initial-value-threshold", f->initial_value_threshold,
+                    "The best value to beat before the first save")->group(mc);
+    cmd->add_option("--early-stopping", f->early_stopping, "on, or none for no EarlyStopping")
+        ->capture_default_str()->check(CLI::IsMember({"on", "none"}))->group(mc);
+    cmd->add_option("--patience", f->patience, "EarlyStopping: epochs without improvement")
+        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+    cmd->add_option("--min-delta", f->min_delta,
+                    "EarlyStopping: the smallest change that counts as an improvement")
+        ->capture_default_str()->group(mc);
+    cmd->add_option("--baseline", f->baseline,
+                    "EarlyStopping: a value the monitor must beat to reset the patience")
+        ->group(mc);
+    cmd->add_option("--start-from-epoch", f->start_from_epoch,
+                    "EarlyStopping: warm-up epochs it ignores")
+        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+    cmd->add_flag("--restore-best-weights,!--no-restore-best-weights", f->restore_best_weights,
+                  "EarlyStopping: end with the best epoch's weights (default: on)")->group(mc);
+    cmd->add_option("--csv-log", f->csv_log, "CSVLogger: one row of logs per epoch to FILE")
+        ->group(mc);
+    cmd->add_flag("--csv-append", f->csv_append, "CSVLogger: append to an existing file")
+        ->group(mc);
+    cmd->add_option("--csv-separator", f->csv_separator, "CSVLogger: the field separator")
+        ->capture_default_str()->group(mc);
+    cmd->add_flag("--reduce-lr-on-plateau", f->reduce_lr,
+                  "ReduceLROnPlateau on --monitor")->group(mc);
+    cmd->add_option("--reduce-lr-factor", f->reduce_lr_factor,
+                    "ReduceLROnPlateau: new_lr = lr * factor (< 1)")
+        ->capture_default_str()->group(mc);
+    cmd->add_option("--reduce-lr-patience", f->reduce_lr_patience,
+                    "ReduceLROnPlateau: epochs without improvement")
+        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+    cmd->add_option("--reduce-lr-cooldown", f->reduce_lr_cooldown,
+                    "ReduceLROnPlateau: epochs to wait after a reduction")
+        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+    cmd->add_option("--reduce-lr-min-delta", f->reduce_lr_min_delta,
+                    "ReduceLROnPlateau: the smallest change that counts as an improvement")
+        ->capture_default_str()->group(mc);
+    cmd->add_option("--min-lr", f->min_lr, "ReduceLROnPlateau: the lowest learning rate")
+        ->capture_default_str()->group(mc);
+    cmd->add_flag("--terminate-on-nan", f->terminate_on_nan,
+                  "TerminateOnNaN: stop as soon as the loss is NaN or infinite")->group(mc);
+    cmd->add_option("--backup-dir", f->backup_dir,
+                    "BackupAndRestore: back the run up in DIR and continue from a backup there")
+        ->group(mc);
+    cmd->add_option("--backup-save-freq", f->backup_save_freq,
+                    "BackupAndRestore: epoch, or back up every N batches")
+        ->capture_default_str()->group(mc);
+    cmd->add_flag("--keep-backup", f->keep_backup,
+                  "BackupAndRestore: keep the backup when the run completes")->group(mc);
+    cmd->add_flag("--double-checkpoint", f->double_checkpoint,
+                  "BackupAndRestore: keep the previous backup too, as a fallback")->group(mc);
+    cmd->add_option("--lr-schedule", f->lr_schedule,
+                    "LearningRateScheduler: step (lr0 * rate^floor(epoch / every)), exponential "
+                    "(lr0 * rate^epoch) or cosine (Keras's CosineDecay over --lr-decay-epochs)")
+        ->check(CLI::IsMember({"step", "exponential", "cosine"}))->group(mc);
+    cmd->add_option("--lr-decay-rate", f->lr_decay_rate,
+                    "step and exponential: the factor (default 0.5 for step, 0.95 for "
+                    "exponential)")->group(mc);
+    cmd->add_option("--lr-decay-every", f->lr_decay_every, "step: epochs between drops")
+        ->capture_default_str()->check(CLI::PositiveNumber)->group(mc);
+    cmd->add_option("--lr-decay-epochs", f->lr_decay_epochs,
+                    "cosine: epochs to decay over (default: --epochs)")->group(mc);
+    cmd->add_option("--lr-alpha", f->lr_alpha,
+                    "cosine: the final rate as a fraction of the initial one")
+        ->capture_default_str()->group(mc);
+}
+
+// The directory a templated path is written in, up to its first field: "ckpt/{epoch}/m.h5"
+// is written under "ckpt".
+std::string fixed_part(const std::string& path) {
+    const size_t brace = path.find('{');
+    return brace == std::string::npos ? path : path.substr(0, path.rfind('/', brace) + 1) + "x";
+}
+
+// Builds the callbacks the flags ask for and checks them against the logs this fit will have,
+// before any data is read: a bad flag fails the run before any work, and nothing on disk is
+// touched.
+std::vector<kiln::CallbackPtr> make_callbacks(const CallbackFlags& f, int epochs,
+                                              double validation_split, const std::string& metric,
+                                              double lr0, int verbose) {
+    namespace cb = kiln::callbacks;
+    const int say = verbose > 0 ? 1 : 0;  // --verbose 0 silences the callbacks too
+    std::vector<kiln::CallbackPtr> out;
+    if (f.mode != "auto") {
+        const auto d = cb::metric_direction(f.monitor);
+        const bool minimise = f.mode == "min";
+        if (d && (*d == cb::Direction::kMinimize) != minimise) {
+            std::fprintf(stderr, "kiln: warning: --mode %s with --monitor %s, which auto mode "
+                         "would %s; pass --mode %s or --mode auto\n", f.mode.c_str(),
+                         f.monitor.c_str(), minimise ? "maximise" : "minimise",
+                         minimise ? "max" : "min");
+        }
+    }
+    if (f.checkpoint != "none") {
+        std::string path = f.checkpoint;
+        if (f.save_weights_only && !f.checkpoint_given) path = "best_model.weights.h5";
+        check_writable(fixed_part(path), "--checkpoint");
+        cb::ModelCheckpointArgs a;
+        a.monitor = f.monitor;
+        a.verbose = say;
+        a.save_best_only = f.save_best_only;
+        a.save_weights_only = f.save_weights_only;
+        a.mode = f.mode;
+        a.save_freq = cb::SaveFreq(f.save_freq);
+        a.initial_value_threshold = f.initial_value_threshold;
+        out.push_back(std::make_shared<cb::ModelCheckpoint>(path, a));
+    }
+    if (f.early_stopping != "none") {
+        cb::EarlyStoppingArgs a;
+        a.monitor = f.monitor;
+        a.min_delta = f.min_delta;
+        a.patience = f.patience;
+        a.verbose = say;
+        a.mode = f.mode;
+        a.baseline = f.baseline;
+        a.restore_best_weights = f.restore_best_weights;
+        a.start_from_epoch = f.start_from_epoch;
+        out.push_back(std::make_shared<cb::EarlyStopping>(a));
+    }
+    if (f.reduce_lr && !f.lr_schedule.empty()) {
+        throw Error("--reduce-lr-on-plateau and --lr-schedule both set the learning rate; "
+                    "use one");
+    }
+    if (f.reduce_lr) {
+        cb::ReduceLROnPlateauArgs a;
+        a.monitor = f.monitor;
+        a.factor = f.reduce_lr_factor;
+        a.patience = f.reduce_lr_patience;
+        a.verbose = say;
+        a.mode = f.mode;
+        a.min_delta = f.reduce_lr_min_delta;
+        a.cooldown = f.reduce_lr_cooldown;
+        a.min_lr = f.min_lr;
+        out.push_back(std::make_shared<cb::ReduceLROnPlateau>(a));
+    }
+    if (!f.lr_schedule.empty()) {
+        cb::Schedule schedule;
+        if (f.lr_schedule == "step") {
+            schedule = cb::schedules::step(lr0, f.lr_decay_rate.value_or(0.5), f.lr_decay_every);
+        } else if (f.lr_schedule == "exponential") {
+            schedule = cb::schedules::exponential(lr0, f.lr_decay_rate.value_or(0.95));
+        } else {
+            const int decay_epochs = f.lr_decay_epochs > 0 ? f.lr_decay_epochs : epochs;
+            schedule = cb::schedules::cosine(lr0, decay_epochs, f.lr_alpha);
+        }
+        out.push_back(std::make_shared<cb::LearningRateScheduler>(schedule, say));
+    }
+    if (f.terminate_on_nan) out.push_back(std::make_shared<cb::TerminateOnNaN>());
+    if (!f.csv_log.empty()) {
+        check_writable(f.csv_log, "--csv-log");
+        out.push_back(std::make_shared<cb::CSVLogger>(f.csv_log, f.csv_separator, f.csv_append));
+    }
+    if (!f.backup_dir.empty()) {
+        std::string dir = f.backup_dir;
+        while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+        check_writable(dir, "--backup-dir");  // its parent must exist; the folder is made
+        out.push_back(std::make_shared<cb::BackupAndRestore>(
+            dir, cb::SaveFreq(f.backup_save_freq), !f.keep_backup, f.double_checkpoint));
+    }
+
+    // What fit will check, checked now: the logs' keys follow from the metric and the split.
+    std::string metric_key = metric == "none" ? "" : (metric == "acc" ? "accuracy" : metric);
+    kiln::FitParams params;
+    params.epochs = epochs;
+    params.verbose = verbose;
+    params.batch_log_keys = kiln::batch_log_keys(metric_key);
+    params.epoch_log_keys = kiln::epoch_log_keys(metric_key, validation_split > 0, out);
+    for (const auto& c : out) c->validate(params);
+    // The library follows Keras when the monitored key never comes (warnings, and best-only
+    // saves every epoch); on the command line that is a mistake in the flags.
+    const bool monitoring = (f.checkpoint != "none" && f.save_best_only) ||
+                            f.early_stopping != "none" || f.reduce_lr;
+    if (monitoring && std::find(params.epoch_log_keys.begin(), params.epoch_log_keys.end(),
+                                f.monitor) == params.epoch_log_keys.end()) {
+        std::string keys;
+        for (const auto& k : params.epoch_log_keys) keys += (keys.empty() ? "" : ", ") + k;
+        std::string hint;
+        if (f.monitor.rfind("val_", 0) == 0 && validation_split <= 0) {
+            hint = "; val_ keys need validation data, and --validation-split 0 gives none";
+        }
+        throw Error("--monitor " + f.monitor + ": the logs will have no such key (they will have " +
+                    keys + ")" + hint);
+    }
+    return out;
+}
+
 struct FitFlags {
     DataFlags data;
+    CallbackFlags callbacks;
     std::string model = "mlp";
     int epochs = 50;
     double validation_split = 0.1;
@@ -136,21 +387,91 @@ struct FitFlags {
     std::string metrics_json;
     std::string save;
     bool summary = false;
+    std::string resume;  // a kiln checkpoint to continue from
+    // Set after parsing: which of the flags that decide the data order were given.
+    bool epochs_given = false, batch_size_given = false, validation_split_given = false,
+         shuffle_given = false;
 };
 
-int run_fit(const FitFlags& f) {
+// A resumed run takes the interrupted run's epochs, batch size, validation split and shuffle
+// (the checkpoint's fit_args) unless the flags say otherwise; a flag that differs is allowed,
+// with a warning that the run will not be the one that was interrupted.
+void take_fit_args(const kiln::TrainingState& state, FitFlags* f) {
+    const auto stored = nlohmann::json::parse(state.fit_args_json, nullptr, false);
+    if (!stored.is_object()) return;
+    auto take = [&](const char* key, const char* flag, bool given, auto* value) {
+        using T = std::remove_pointer_t<decltype(value)>;
+        if (!stored.contains(key)) return;
+        const T saved = stored[key].get<T>();
+        if (!given) {
+            *value = saved;
+        } else if (*value != saved) {
+            std::fprintf(stderr, "kiln: warning: %s differs from the interrupted run's (%s); the "
+                         "resumed run will not be the one that was interrupted\n", flag,
+                         stored[key].dump().c_str());
+        }
+    };
+    take("epochs", "--epochs", f->epochs_given, &f->epochs);
+    take("batch_size", "--batch-size", f->batch_size_given, &f->data.batch_size);
+    take("validation_split", "--validation-split", f->validation_split_given,
+         &f->validation_split);
+    bool shuffle = !f->no_shuffle;
+    take("shuffle", "--no-shuffle", f->shuffle_given, &shuffle);
+    f->no_shuffle = !shuffle;
+}
+
+// `kiln fit --resume FILE`: the model, its optimizer, loss and metric as the file has them,
+// and the run's state (weights, optimizer state, step, seed, history, callbacks' state).
+std::unique_ptr<kiln::Sequential> resume_model(FitFlags* f, kiln::TrainingState* state) {
+    kiln::CompileOptions options;
+    options.device = device_choice(f->data.device);
+    auto model = kiln::load_model(f->resume, options);
+    kiln::throw_if_error(model->restore_training_state(f->resume, state));
+    take_fit_args(*state, f);
+    std::fprintf(stderr, "kiln: resuming from %s: %d of %d epochs done, step %lld\n",
+                 f->resume.c_str(), state->epoch, f->epochs, static_cast<long long>(state->step));
+    if (state->epoch >= f->epochs) {
+        std::fprintf(stderr, "kiln: %s has %d epochs done already; --epochs %d leaves nothing "
+                     "to train\n", f->resume.c_str(), state->epoch, f->epochs);
+    }
+    return model;
+}
+
+int run_fit(FitFlags f) {
     // Everything that can be checked is checked before the data is read or training starts.
     check_writable(f.metrics_json, "--metrics-json");
     check_writable(f.save, "--save");
     kiln::ModelConfig config;
-    if (f.model == "mlp") {
+    std::unique_ptr<kiln::Sequential> owned;
+    kiln::TrainingState resumed;
+    if (!f.resume.empty()) {
+        owned = resume_model(&f, &resumed);
+    } else if (f.model == "mlp") {
         config = default_mlp();
+    } else if (f.model == "cnn") {
+        config = kiln::presets::mnist_convnet();
     } else {
         kiln::throw_if_error(kiln::load_model_config(f.model, &config));
     }
-    kiln::Sequential model(config);
-    const kiln::Optimizer optimizer = kiln::optimizer_from_name(f.optimizer, f.learning_rate);
-    const kiln::Loss loss = kiln::loss_from_name(f.loss, f.from_logits);
+    if (!owned) owned = std::make_unique<kiln::Sequential>(config);
+    kiln::Sequential& model = *owned;
+    const kiln::Optimizer optimizer = f.resume.empty()
+                                          ? kiln::optimizer_from_name(f.optimizer, f.learning_rate)
+                                          : model.optimizer();
+    const kiln::Loss loss = f.resume.empty() ? kiln::loss_from_name(f.loss, f.from_logits)
+                                             : model.loss();
+    const std::string metric = f.resume.empty() ? f.metric
+                               : model.metric_name().empty() ? "none"
+                                                             : model.metric_name();
+    // The schedules start from the rate as given ("0.001"), not its float32 rounding.
+    double lr0 = f.resume.empty() ? f.learning_rate : -1.0;
+    if (!(lr0 > 0)) {
+        char text[32];
+        const auto end = std::to_chars(text, text + sizeof(text), optimizer.hyper.learning_rate);
+        lr0 = std::strtod(std::string(text, end.ptr).c_str(), nullptr);
+    }
+    const std::vector<kiln::CallbackPtr> callbacks = make_callbacks(
+        f.callbacks, f.epochs, f.validation_split, metric, lr0, f.data.verbose);
 
     kiln::data::Dataset data;
     kiln::throw_if_error(kiln::data::load_dataset(f.data.data, dataset_options(f.data), &data));
@@ -160,7 +481,7 @@ int run_fit(const FitFlags& f) {
     options.seed = f.seed;
     std::vector<std::string> metrics;
     if (!f.metric.empty() && f.metric != "none") metrics.push_back(f.metric);
-    model.compile(optimizer, loss, metrics, options);
+    if (f.resume.empty()) model.compile(optimizer, loss, metrics, options);
     if (f.summary) std::printf("%s", model.summary().c_str());
 
     kiln::FitArgs args;
@@ -169,8 +490,13 @@ int run_fit(const FitFlags& f) {
     args.validation_split = f.validation_split;
     args.shuffle = !f.no_shuffle;
     args.verbose = f.data.verbose;
+    args.callbacks = callbacks;
+    args.initial_epoch = std::min(resumed.epoch, f.epochs);
+    args.resume_callbacks_state_json = resumed.callbacks_state_json;
     const auto start = std::chrono::steady_clock::now();
-    const kiln::History history = model.fit(data.train.x, data.train.y, args);
+    model.fit(data.train.x, data.train.y, args);
+    // The whole run's epochs, a resumed run's earlier ones included.
+    const kiln::History& history = model.run_history();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -195,17 +521,119 @@ int run_fit(const FitFlags& f) {
                      f.data.data.c_str());
     }
     if (!f.save.empty()) {
-        kiln::throw_if_error(model.save(f.save));
+        kiln::throw_if_error(kiln::is_weights_file_name(f.save) ? model.save_weights(f.save)
+                                                                : model.save(f.save));
         if (f.data.verbose > 0) std::printf("saved model to %s\n", f.save.c_str());
     }
     if (!f.metrics_json.empty()) write_file_atomically(f.metrics_json, report.dump(2) + "\n");
+    // A checkpoint whose newest write failed was warned about when it failed; the run fails.
+    const kiln::Status checkpoints = model.last_checkpoint_status();
+    if (!checkpoints.is_ok()) {
+        std::fprintf(stderr, "kiln: error: the last checkpoint of the run was not written: %s\n",
+                     checkpoints.message().c_str());
+        return 1;
+    }
     return 0;
 }
 
-int run_evaluate(const std::string& model_path, const DataFlags& f) {
+// A saved model of either kind: a full .h5 (kiln's or Keras's) or a weights file kiln wrote
+// carries its architecture; a Keras weights file needs `architecture`, a model JSON (its
+// to_json()), and is then compiled with `loss` and accuracy.
+std::unique_ptr<kiln::Sequential> open_model(const std::string& path,
+                                             const std::string& architecture,
+                                             const std::string& loss,
+                                             const kiln::CompileOptions& options) {
+    if (architecture.empty()) {
+        if (kiln::is_weights_file_name(path)) {
+            kiln::CheckpointInfo info;
+            kiln::throw_if_error(kiln::inspect_checkpoint(path, &info));
+            if (!info.has_config) {
+                throw Error(path + " holds weights only, without the model's config (Keras wrote "
+                            "it): pass --model MODEL.json (the model's to_json())");
+            }
+        }
+        return kiln::load_model(path, options);
+    }
+    kiln::ModelConfig config;
+    kiln::throw_if_error(kiln::load_model_config(architecture, &config));
+    auto model = std::make_unique<kiln::Sequential>(config);
+    model->compile(kiln::optimizers::Adam(), kiln::loss_from_name(loss), {"accuracy"}, options);
+    kiln::throw_if_error(model->load_weights(path));
+    return model;
+}
+
+// `kiln inspect FILE`: what a checkpoint holds, and whether its checksums verify.
+int run_inspect(const std::string& path) {
+    kiln::CheckpointInfo info;
+    kiln::throw_if_error(kiln::inspect_checkpoint(path, &info));
+    std::printf("%s: %s", path.c_str(),
+                info.weights_only ? "weights only (Keras 3 .weights.h5 layout)"
+                                  : "full model (Keras legacy HDF5 layout)");
+    if (!info.writer.empty()) std::printf(", written by %s", info.writer.c_str());
+    std::printf("\n");
+    if (info.has_config) std::printf("Model: \"%s\"\n", info.config.name.c_str());
+    std::printf(" %-28s %s\n", "Layer (type)", "Weights");
+    for (size_t i = 0; i < info.layers.size(); ++i) {
+        const kiln::LayerWeights& lw = info.layers[i];
+        std::string label = lw.layer_name;
+        if (info.has_config && i + 1 < info.config.layers.size()) {
+            label += " (" + info.config.layers[i + 1].class_name + ")";
+        }
+        std::string weights;
+        for (const kiln::NamedArray& a : lw.weights) {
+            weights += (weights.empty() ? "" : ", ") + a.name + " " + kiln::shape_string(a.shape);
+        }
+        std::printf(" %-28s %s\n", label.c_str(), weights.empty() ? "-" : weights.c_str());
+    }
+    std::printf("Total params: %lld\n", static_cast<long long>(info.parameter_count));
+    if (info.training) {
+        const kiln::TrainingState& t = *info.training;
+        const std::string mid_epoch =
+            t.batch > 0 ? " (+" + std::to_string(t.batch) + " batches of the next)" : "";
+        std::printf("Training state: epoch %d%s, step %lld, seed %llu, %s learning_rate %g, %s\n",
+                    t.epoch, mid_epoch.c_str(), static_cast<long long>(t.step),
+                    static_cast<unsigned long long>(t.seed), t.optimizer.c_str(),
+                    t.learning_rate,
+                    t.resumable ? "resumable (kiln fit --resume)"
+                                : "not resumable (weights from a snapshot)");
+        if (!t.history_epochs.empty()) {
+            std::string line;
+            for (const auto& [key, values] : t.history) {
+                line += (line.empty() ? "" : " - ") + key + ": " +
+                        kiln::format_metric(values.back());
+            }
+            std::printf("Last epoch (%d): %s\n", t.history_epochs.back() + 1, line.c_str());
+        }
+        if (t.callbacks_state_json != "{}") {
+            std::printf("Callbacks' state: %s\n", t.callbacks_state_json.c_str());
+        }
+    } else {
+        std::printf("No kiln group: no training state or checksums to verify (not written by "
+                    "kiln)\n");
+    }
+    if (!info.checksums.empty()) {
+        int failed = 0;
+        for (const kiln::ChecksumResult& c : info.checksums) {
+            if (c.ok) continue;
+            ++failed;
+            std::printf("Checksum FAILED: %s: %s\n", c.dataset.c_str(), c.detail.c_str());
+        }
+        if (failed == 0) {
+            std::printf("Checksums: all %zu datasets verified (crc32)\n", info.checksums.size());
+        } else {
+            std::fprintf(stderr, "kiln: error: %s: %d of %zu datasets fail their checksums\n",
+                         path.c_str(), failed, info.checksums.size());
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int run_evaluate(const std::string& model_path, const DataFlags& f,
+                 const std::string& architecture, const std::string& loss) {
     kiln::CompileOptions options;
     options.device = device_choice(f.device);
-    auto model = kiln::load_model(model_path, options);
+    auto model = open_model(model_path, architecture, loss, options);
     kiln::data::Dataset data;
     kiln::throw_if_error(kiln::data::load_dataset(f.data, dataset_options(f), &data));
     const kiln::data::Split& split = data.has_test() ? data.test : data.train;
@@ -218,11 +646,12 @@ int run_evaluate(const std::string& model_path, const DataFlags& f) {
     return 0;
 }
 
-int run_predict(const std::string& model_path, const DataFlags& f, const std::string& output) {
+int run_predict(const std::string& model_path, const DataFlags& f, const std::string& output,
+                const std::string& architecture) {
     check_writable(output, "--output");
     kiln::CompileOptions options;
     options.device = device_choice(f.device);
-    auto model = kiln::load_model(model_path, options);
+    auto model = open_model(model_path, architecture, "sparse_categorical_crossentropy", options);
     kiln::data::Array x;
     kiln::throw_if_error(kiln::data::load_inputs(f.data, dataset_options(f), &x));
     const kiln::data::Array y = model->predict(x, f.batch_size);
@@ -258,8 +687,9 @@ int main(int argc, char** argv) {
                                                   "Fashion-MNIST), then evaluate it on the test set");
     add_data_flags(fit_cmd, &fit.data, true);
     fit_cmd->add_option("--model", fit.model,
-                        "mlp (784-256-128-10, relu, softmax) or a Keras model JSON file "
-                        "(model.to_json())")
+                        "mlp (784-256-128-10, relu, softmax), cnn (Keras's simple MNIST convnet "
+                        "on 28x28x1 images: two Conv2D + MaxPooling2D, Dropout 0.5, Dense 10) or "
+                        "a Keras model JSON file (model.to_json())")
         ->capture_default_str();
     fit_cmd->add_option("--epochs", fit.epochs, "Epochs to train")->capture_default_str()
         ->check(CLI::NonNegativeNumber);
@@ -290,31 +720,72 @@ int main(int argc, char** argv) {
     fit_cmd->add_flag("--no-shuffle", fit.no_shuffle, "Keep the training order every epoch");
     fit_cmd->add_option("--metrics-json", fit.metrics_json,
                         "Also write the history and the test figures to this JSON file");
-    fit_cmd->add_option("--save", fit.save, "Save the trained model to this .h5 file");
+    fit_cmd->add_option("--save", fit.save,
+                        "Save the trained model to this .h5 file (or its weights, with the "
+                        "training state, to a .weights.h5 file)");
     fit_cmd->add_flag("--summary", fit.summary, "Print the model summary before training");
+    CLI::Option* resume = fit_cmd->add_option(
+        "--resume", fit.resume,
+        "Continue the run a kiln checkpoint (.h5 or .weights.h5) was taken from, to --epochs: "
+        "its model, optimizer, loss and metric, weights, optimizer state, step, seed, history "
+        "and callbacks' state; with the same data and flags, the same run as one that never "
+        "stopped");
+    for (const char* owned_by_file :
+         {"--model", "--optimizer", "--learning-rate", "--loss", "--from-logits", "--metric",
+          "--seed"}) {
+        resume->excludes(fit_cmd->get_option(owned_by_file));
+    }
+    add_callback_flags(fit_cmd, &fit.callbacks);
 
     std::string eval_model;
     DataFlags eval;
     CLI::App* eval_cmd = app.add_subcommand("evaluate", "Loss and metric of a saved model on a "
                                                         "dataset's test split");
-    eval_cmd->add_option("MODEL", eval_model, "A model file saved by kiln or Keras (.h5)")
+    eval_cmd->add_option("MODEL", eval_model,
+                         "A model file saved by kiln or Keras (.h5), or a weights file "
+                         "(.weights.h5: kiln's, or Keras's with --model)")
         ->required();
     add_data_flags(eval_cmd, &eval, false);
+    std::string eval_architecture, eval_loss = "sparse_categorical_crossentropy";
+    eval_cmd->add_option("--model", eval_architecture,
+                         "The model JSON (to_json()) for a weights file that has no config");
+    eval_cmd->add_option("--loss", eval_loss, "The loss, with --model")->capture_default_str();
 
     std::string pred_model, pred_output;
     DataFlags pred;
     CLI::App* pred_cmd = app.add_subcommand("predict", "Outputs of a saved model, as an NPY file");
-    pred_cmd->add_option("MODEL", pred_model, "A model file saved by kiln or Keras (.h5)")
+    pred_cmd->add_option("MODEL", pred_model,
+                         "A model file saved by kiln or Keras (.h5), or a weights file "
+                         "(.weights.h5: kiln's, or Keras's with --model)")
         ->required();
     add_data_flags(pred_cmd, &pred, false);
     pred_cmd->add_option("--output", pred_output, "Where to write the predictions (.npy)")
         ->required();
+    std::string pred_architecture;
+    pred_cmd->add_option("--model", pred_architecture,
+                         "The model JSON (to_json()) for a weights file that has no config");
+
+    std::string inspect_path;
+    CLI::App* inspect_cmd = app.add_subcommand(
+        "inspect", "What a model or checkpoint file holds (layers, shapes, parameters, epoch, "
+                   "metrics) and whether its checksums verify; exits non-zero if one fails");
+    inspect_cmd->add_option("FILE", inspect_path, "A .h5 or .weights.h5 file")->required();
 
     CLI11_PARSE(app, argc, argv);
+    fit.callbacks.checkpoint_given = fit_cmd->count("--checkpoint") > 0;
+    fit.epochs_given = fit_cmd->count("--epochs") > 0;
+    fit.batch_size_given = fit_cmd->count("--batch-size") > 0;
+    fit.validation_split_given = fit_cmd->count("--validation-split") > 0;
+    fit.shuffle_given = fit_cmd->count("--no-shuffle") > 0;
     try {
         if (fit_cmd->parsed()) return run_fit(fit);
-        if (eval_cmd->parsed()) return run_evaluate(eval_model, eval);
-        if (pred_cmd->parsed()) return run_predict(pred_model, pred, pred_output);
+        if (eval_cmd->parsed()) {
+            return run_evaluate(eval_model, eval, eval_architecture, eval_loss);
+        }
+        if (pred_cmd->parsed()) {
+            return run_predict(pred_model, pred, pred_output, pred_architecture);
+        }
+        if (inspect_cmd->parsed()) return run_inspect(inspect_path);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "kiln: error: %s\n", e.what());
         return 1;

@@ -10,12 +10,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/cpu_conv.h"
 #include "cpu/parallel.h"
 #include "kernels/math.h"
 #include "kiln/backend.h"
@@ -279,6 +281,29 @@ void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, 
     }
 }
 
+// Checkpoint staging on the CPU: the "device" memory is host memory and every op has finished
+// when it returns, so staging is a memcpy and there is nothing to wait for.
+class CpuStagingBuffer final : public StagingBuffer {
+public:
+    explicit CpuStagingBuffer(size_t bytes) : StagingBuffer(bytes), memory_(bytes) {}
+
+    const void* host() const override { return memory_.data(); }
+    void stage(const std::vector<StagingRegion>& regions) override {
+        for (const StagingRegion& r : regions) {
+            if (r.offset > bytes() || r.bytes > bytes() - r.offset) {
+                throw Error("cpu backend: staging " + std::to_string(r.bytes) + " bytes at " +
+                            std::to_string(r.offset) + " overruns a buffer of " +
+                            std::to_string(bytes()));
+            }
+            std::memcpy(memory_.data() + r.offset, r.src, r.bytes);
+        }
+    }
+    void wait() override {}
+
+private:
+    std::vector<char> memory_;
+};
+
 class CpuBackend final : public Backend {
 public:
     CpuBackend() : blas_(blas::library()) {
@@ -324,6 +349,9 @@ public:
         return true;
     }
     void synchronize() override {}
+    std::unique_ptr<StagingBuffer> make_staging_buffer(size_t bytes) override {
+        return std::make_unique<CpuStagingBuffer>(bytes);
+    }
 
     // ---- dense algebra --------------------------------------------------------------------
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -494,6 +522,87 @@ public:
         }
     }
 
+    // ---- convolution, pooling, normalisation (cpu_conv.cpp) ------------------------------
+    void conv2d_forward(const Conv2DGeometry& g, const View& x, const View& kernel,
+                        const View& bias, ActivationSpec act, const View& y) override {
+        FlushDenormals ftz;
+        dispatch(y, "conv2d_forward", [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_forward<T>(blas_, image_scratch_, g, x.as<T>(), kernel.as<T>(),
+                                   bias.as<T>(), act, y.as<T>());
+        });
+    }
+    void conv2d_backward_data(const Conv2DGeometry& g, const View& dy, const View& kernel,
+                              const View& dx) override {
+        FlushDenormals ftz;
+        dispatch(dx, "conv2d_backward_data", [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_backward_data<T>(blas_, image_scratch_, g, dy.as<T>(), kernel.as<T>(),
+                                         dx.as<T>());
+        });
+    }
+    void conv2d_backward_filter(const Conv2DGeometry& g, const View& x, const View& dy,
+                                const View& dkernel) override {
+        FlushDenormals ftz;
+        dispatch(dkernel, "conv2d_backward_filter", [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_backward_filter<T>(blas_, image_scratch_, g, x.as<T>(), dy.as<T>(),
+                                           dkernel.as<T>());
+        });
+    }
+    void pool2d_forward(const Pool2DGeometry& g, const View& x, const View& y) override {
+        FlushDenormals ftz;
+        dispatch(y, "pool2d_forward", [&](auto t) {
+            using T = decltype(t);
+            cpu::pool2d_forward<T>(g, x.as<T>(), y.as<T>());
+        });
+    }
+    void pool2d_backward(const Pool2DGeometry& g, const View& x, const View& y, const View& dy,
+                         const View& dx) override {
+        (void)y;  // the CPU finds each window's largest cell in x again
+        FlushDenormals ftz;
+        dispatch(dx, "pool2d_backward", [&](auto t) {
+            using T = decltype(t);
+            cpu::pool2d_backward<T>(image_scratch_, g, x.as<T>(), dy.as<T>(), dx.as<T>());
+        });
+    }
+    void batch_norm_forward_training(const BatchNormGeometry& g, const View& x, const View& gamma,
+                                     const View& beta, const View& y, const View& moving_mean,
+                                     const View& moving_variance, const View& saved_mean,
+                                     const View& saved_inv_std) override {
+        FlushDenormals ftz;
+        dispatch(y, "batch_norm_forward_training", [&](auto t) {
+            using T = decltype(t);
+            cpu::batch_norm_forward_training<T>(image_scratch_, g, x.as<T>(), gamma.as<T>(),
+                                                beta.as<T>(), y.as<T>(), moving_mean.as<T>(),
+                                                moving_variance.as<T>(), saved_mean.as<T>(),
+                                                saved_inv_std.as<T>());
+        });
+    }
+    void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
+                                      const View& gamma, const View& beta,
+                                      const View& moving_mean, const View& moving_variance,
+                                      const View& y) override {
+        FlushDenormals ftz;
+        dispatch(y, "batch_norm_forward_inference", [&](auto t) {
+            using T = decltype(t);
+            cpu::batch_norm_forward_inference<T>(g, x.as<T>(), gamma.as<T>(), beta.as<T>(),
+                                                 moving_mean.as<T>(), moving_variance.as<T>(),
+                                                 y.as<T>());
+        });
+    }
+    void batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
+                             const View& gamma, const View& saved_mean, const View& saved_inv_std,
+                             const View& dx, const View& dgamma, const View& dbeta) override {
+        FlushDenormals ftz;
+        dispatch(dx, "batch_norm_backward", [&](auto t) {
+            using T = decltype(t);
+            cpu::batch_norm_backward<T>(image_scratch_, g, x.as<T>(), dy.as<T>(), gamma.as<T>(),
+                                        saved_mean.as<T>(), saved_inv_std.as<T>(), dx.as<T>(),
+                                        dgamma.as<T>(), dbeta.as<T>());
+        });
+    }
+
 private:
     // One GEMM call of OpenBLAS on a block of C. Row-major; leading dimensions are those of
     // the whole matrices.
@@ -543,6 +652,8 @@ private:
     }
 
     const blas::Library& blas_;
+    // im2col patches and partial sums, kept between steps; one block per pool thread
+    cpu::ImageScratch image_scratch_{cpu::ThreadPool::shared().threads()};
 };
 
 }  // namespace

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "cuda/cuda_check.h"
+#include "cuda/cudnn_ops.h"
 #include "kernels/kernels.h"
 #include "kiln/backend.h"
 #include "kiln/status.h"
@@ -142,6 +143,13 @@ public:
     void fill_zero(const View& x) override;
     bool peek(void* dst, const void* src, size_t bytes) override;
     void synchronize() override;
+    std::unique_ptr<StagingBuffer> make_staging_buffer(size_t bytes) override;
+
+    // For the staging buffers.
+    int device() const { return device_; }
+    cudaStream_t compute_stream() const { return stream_.get(); }
+    // The stream checkpoint copies run on, created at the first staging buffer.
+    cudaStream_t copy_stream();
 
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
               const View& a, const View& b, float beta, const View& c) override;
@@ -165,7 +173,33 @@ public:
     void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
                      int64_t cols, const View& dst) override;
 
+    // Convolution and batch normalisation through cuDNN (cudnn_ops.cpp), pooling by kiln's
+    // kernels (kernels/pooling.cu).
+    void conv2d_forward(const Conv2DGeometry& g, const View& x, const View& kernel,
+                        const View& bias, ActivationSpec act, const View& y) override;
+    void conv2d_backward_data(const Conv2DGeometry& g, const View& dy, const View& kernel,
+                              const View& dx) override;
+    void conv2d_backward_filter(const Conv2DGeometry& g, const View& x, const View& dy,
+                                const View& dkernel) override;
+    void pool2d_forward(const Pool2DGeometry& g, const View& x, const View& y) override;
+    void pool2d_backward(const Pool2DGeometry& g, const View& x, const View& y, const View& dy,
+                         const View& dx) override;
+    void batch_norm_forward_training(const BatchNormGeometry& g, const View& x, const View& gamma,
+                                     const View& beta, const View& y, const View& moving_mean,
+                                     const View& moving_variance, const View& saved_mean,
+                                     const View& saved_inv_std) override;
+    void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
+                                      const View& gamma, const View& beta,
+                                      const View& moving_mean, const View& moving_variance,
+                                      const View& y) override;
+    void batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
+                             const View& gamma, const View& saved_mean, const View& saved_inv_std,
+                             const View& dx, const View& dgamma, const View& dbeta) override;
+
 private:
+    // cuDNN's handle, plans and scratch, made at the first image op.
+    cuda::CudnnOps& cudnn();
+
     // A block of backend-owned scratch from the pool, grown on demand.
     struct Scratch {
         void* ptr = nullptr;
@@ -190,6 +224,7 @@ private:
     const int device_;
     std::string description_;
     StreamPtr stream_;
+    StreamPtr copy_stream_;  // checkpoint device-to-host copies; null until needed
     PoolPtr pool_;
     DeviceMemoryPtr cublas_workspace_;
     CublasPtr cublas_;
@@ -204,6 +239,7 @@ private:
 
     Scratch loss_scratch_;
     Scratch permutation_scratch_;
+    std::unique_ptr<cuda::CudnnOps> cudnn_;  // freed in the destructor, before the pool
     int64_t permutation_n_ = -1;  // the n permutation_scratch_ was sized for
     size_t permutation_bytes_ = 0;
 };
@@ -265,6 +301,7 @@ CudaBackend::CudaBackend(int device, const cudaDeviceProp& prop, int driver_vers
 CudaBackend::~CudaBackend() {
     // Let queued work finish before anything it may still use is freed.
     KILN_CUDA_WARN(cudaStreamSynchronize(stream()));
+    cudnn_.reset();
     release(&permutation_scratch_);
     release(&loss_scratch_);
     KILN_CUDA_WARN(cudaStreamSynchronize(stream()));
@@ -406,6 +443,102 @@ bool CudaBackend::peek(void* dst, const void* src, size_t bytes) {
 
 void CudaBackend::synchronize() { KILN_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
+// ---- checkpoint staging --------------------------------------------------------------------------
+
+cudaStream_t CudaBackend::copy_stream() {
+    if (!copy_stream_) {
+        cudaStream_t s = nullptr;
+        KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        copy_stream_.reset(s);
+    }
+    return copy_stream_.get();
+}
+
+// A device shadow and pinned host memory of the same size. `stage` copies the regions into the
+// shadow on the compute stream, so the ops queued after it may overwrite the originals at once
+// (the compute stream pays a device-to-device copy, as for a snapshot), then from the shadow to
+// the host on the copy stream, which waits for the shadow copy through an event; the PCIe
+// transfer overlaps the next training steps. Before the shadow is refilled the compute stream
+// waits, on the device and not on the host, for the previous transfer out of it.
+//
+// TODO(checkpoint): the shadow doubles the device memory of what is staged (parameters and
+// optimizer state); a model near the device's capacity would want chunked transfers instead.
+class CudaStagingBuffer final : public StagingBuffer {
+public:
+    CudaStagingBuffer(CudaBackend& backend, size_t bytes)
+        : StagingBuffer(bytes), backend_(backend) {
+        host_ = make_pinned(std::max<size_t>(bytes, 1));
+        shadow_ready_ = make_event();
+        // The writer thread sleeps in its wait rather than spinning on a core training needs.
+        cudaEvent_t event = nullptr;
+        KILN_CUDA_CHECK(
+            cudaEventCreateWithFlags(&event, cudaEventDisableTiming | cudaEventBlockingSync));
+        host_ready_.reset(event);
+        copy_stream_ = backend_.copy_stream();
+        shadow_ = backend_.allocate(bytes);
+    }
+
+    ~CudaStagingBuffer() override {
+        // The transfer out of the shadow must be over before the shadow and the host memory go.
+        if (staged_) KILN_CUDA_WARN(cudaEventSynchronize(host_ready_.get()));
+        backend_.deallocate(shadow_, bytes());
+    }
+
+    const void* host() const override { return host_.get(); }
+
+    void stage(const std::vector<StagingRegion>& regions) override {
+        for (const StagingRegion& r : regions) {
+            if (r.offset > bytes() || r.bytes > bytes() - r.offset) {
+                throw Error("cuda backend: staging " + std::to_string(r.bytes) + " bytes at " +
+                            std::to_string(r.offset) + " overruns a buffer of " +
+                            std::to_string(bytes()));
+            }
+        }
+        const cudaStream_t compute = backend_.compute_stream();
+        char* shadow = static_cast<char*>(shadow_);
+        char* host = static_cast<char*>(host_.get());
+
+        // the previous transfer out of the shadow, then the device-to-device copies
+        if (staged_) KILN_CUDA_CHECK(cudaStreamWaitEvent(compute, host_ready_.get(), 0));
+        for (const StagingRegion& r : regions) {
+            if (r.bytes == 0) continue;
+            KILN_CUDA_CHECK(cudaMemcpyAsync(shadow + r.offset, r.src, r.bytes,
+                                            cudaMemcpyDeviceToDevice, compute));
+        }
+        KILN_CUDA_CHECK(cudaEventRecord(shadow_ready_.get(), compute));
+
+        // the device-to-host transfers on the copy stream, after the shadow copies
+        KILN_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, shadow_ready_.get(), 0));
+        for (const StagingRegion& r : regions) {
+            if (r.bytes == 0) continue;
+            KILN_CUDA_CHECK(cudaMemcpyAsync(host + r.offset, shadow + r.offset, r.bytes,
+                                            cudaMemcpyDeviceToHost, copy_stream_));
+        }
+        KILN_CUDA_CHECK(cudaEventRecord(host_ready_.get(), copy_stream_));
+        staged_ = true;
+    }
+
+    // Runs on the checkpoint writer's thread, whose current device may not be set yet.
+    void wait() override {
+        if (!staged_) return;
+        KILN_CUDA_CHECK(cudaSetDevice(backend_.device()));
+        KILN_CUDA_CHECK(cudaEventSynchronize(host_ready_.get()));
+    }
+
+private:
+    CudaBackend& backend_;
+    cudaStream_t copy_stream_ = nullptr;  // owned by the backend
+    PinnedMemoryPtr host_;
+    EventPtr shadow_ready_;  // on the compute stream: the shadow holds the staged bytes
+    EventPtr host_ready_;    // on the copy stream: host_ holds them
+    void* shadow_ = nullptr;
+    bool staged_ = false;  // an event has been recorded (never wait on one that was not)
+};
+
+std::unique_ptr<StagingBuffer> CudaBackend::make_staging_buffer(size_t bytes) {
+    return std::make_unique<CudaStagingBuffer>(*this, bytes);
+}
+
 // ---- dense algebra -----------------------------------------------------------------------------
 
 // cuBLAS is column-major. A row-major m×n matrix is the column-major n×m matrix of its transpose,
@@ -532,6 +665,119 @@ void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset
         (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
     kernels::gather_rows(stream(), src.data, src_rows, index.as<const int32_t>(), offset, count,
                          cols, dtype_size(src.dtype), dst.data);
+}
+
+// ---- convolution, pooling, normalisation -------------------------------------------------------
+
+cuda::CudnnOps& CudaBackend::cudnn() {
+    if (!cudnn_) cudnn_ = std::make_unique<cuda::CudnnOps>(stream(), *this);
+    return *cudnn_;
+}
+
+// cuDNN's convolution, then kiln's bias + activation kernel in place.
+// TODO(cudnn): fuse the bias and ReLU into the convolution (cuDNN's graph API, see
+// cudnn_ops.cpp) and save a pass over y.
+void CudaBackend::conv2d_forward(const Conv2DGeometry& g, const View& x, const View& kernel,
+                                 const View& bias, ActivationSpec act, const View& y) {
+    require_f32("conv2d_forward", "x", x);
+    require_f32("conv2d_forward", "kernel", kernel);
+    require_f32_or_null("conv2d_forward", "bias", bias);
+    require_f32("conv2d_forward", "y", y);
+    if (act.kind == Activation::kSoftmax) {
+        throw Error("cuda backend: conv2d_forward takes element-wise activations only (a "
+                    "softmax goes through bias_activation_forward)");
+    }
+    cudnn().conv2d_forward(g, x.as<const float>(), kernel.as<const float>(), y.as<float>());
+    if (bias.data != nullptr || act.kind != Activation::kLinear) {
+        kernels::bias_activation_forward(stream(), y.as<float>(), bias.as<const float>(),
+                                         y.as<float>(), g.batch * g.out_h * g.out_w, g.out_c,
+                                         act);
+    }
+}
+
+void CudaBackend::conv2d_backward_data(const Conv2DGeometry& g, const View& dy,
+                                       const View& kernel, const View& dx) {
+    require_f32("conv2d_backward_data", "dy", dy);
+    require_f32("conv2d_backward_data", "kernel", kernel);
+    require_f32("conv2d_backward_data", "dx", dx);
+    cudnn().conv2d_backward_data(g, dy.as<const float>(), kernel.as<const float>(),
+                                 dx.as<float>());
+}
+
+void CudaBackend::conv2d_backward_filter(const Conv2DGeometry& g, const View& x, const View& dy,
+                                         const View& dkernel) {
+    require_f32("conv2d_backward_filter", "x", x);
+    require_f32("conv2d_backward_filter", "dy", dy);
+    require_f32("conv2d_backward_filter", "dkernel", dkernel);
+    cudnn().conv2d_backward_filter(g, x.as<const float>(), dy.as<const float>(),
+                                   dkernel.as<float>());
+}
+
+void CudaBackend::pool2d_forward(const Pool2DGeometry& g, const View& x, const View& y) {
+    require_f32("pool2d_forward", "x", x);
+    require_f32("pool2d_forward", "y", y);
+    kernels::pool2d_forward(stream(), g, x.as<const float>(), y.as<float>());
+}
+
+void CudaBackend::pool2d_backward(const Pool2DGeometry& g, const View& x, const View& y,
+                                  const View& dy, const View& dx) {
+    (void)y;  // a max window's largest cell is found again in x
+    require_f32("pool2d_backward", "x", x);
+    require_f32("pool2d_backward", "dy", dy);
+    require_f32("pool2d_backward", "dx", dx);
+    kernels::pool2d_backward(stream(), g, x.as<const float>(), dy.as<const float>(),
+                             dx.as<float>());
+}
+
+void CudaBackend::batch_norm_forward_training(const BatchNormGeometry& g, const View& x,
+                                              const View& gamma, const View& beta, const View& y,
+                                              const View& moving_mean,
+                                              const View& moving_variance,
+                                              const View& saved_mean, const View& saved_inv_std) {
+    const char* op = "batch_norm_forward_training";
+    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x}, {"gamma", &gamma},
+                                  {"beta", &beta}, {"y", &y}, {"moving_mean", &moving_mean},
+                                  {"moving_variance", &moving_variance},
+                                  {"saved_mean", &saved_mean},
+                                  {"saved_inv_std", &saved_inv_std}}) {
+        require_f32(op, name, *v);
+    }
+    cudnn().batch_norm_forward_training(g, x.as<const float>(), gamma.as<const float>(),
+                                        beta.as<const float>(), y.as<float>(),
+                                        moving_mean.as<float>(), moving_variance.as<float>(),
+                                        saved_mean.as<float>(), saved_inv_std.as<float>());
+}
+
+void CudaBackend::batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
+                                               const View& gamma, const View& beta,
+                                               const View& moving_mean,
+                                               const View& moving_variance, const View& y) {
+    const char* op = "batch_norm_forward_inference";
+    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x}, {"gamma", &gamma},
+                                  {"beta", &beta}, {"moving_mean", &moving_mean},
+                                  {"moving_variance", &moving_variance}, {"y", &y}}) {
+        require_f32(op, name, *v);
+    }
+    cudnn().batch_norm_forward_inference(g, x.as<const float>(), gamma.as<const float>(),
+                                         beta.as<const float>(), moving_mean.as<const float>(),
+                                         moving_variance.as<const float>(), y.as<float>());
+}
+
+void CudaBackend::batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
+                                      const View& gamma, const View& saved_mean,
+                                      const View& saved_inv_std, const View& dx,
+                                      const View& dgamma, const View& dbeta) {
+    const char* op = "batch_norm_backward";
+    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x}, {"dy", &dy},
+                                  {"gamma", &gamma}, {"saved_mean", &saved_mean},
+                                  {"saved_inv_std", &saved_inv_std}, {"dx", &dx},
+                                  {"dgamma", &dgamma}, {"dbeta", &dbeta}}) {
+        require_f32(op, name, *v);
+    }
+    cudnn().batch_norm_backward(g, x.as<const float>(), dy.as<const float>(),
+                                gamma.as<const float>(), saved_mean.as<const float>(),
+                                saved_inv_std.as<const float>(), dx.as<float>(), dgamma.as<float>(),
+                                dbeta.as<float>());
 }
 
 }  // namespace

@@ -18,23 +18,21 @@
 // weights, and each layer's data comes from the datasets its weight_names list, in that order.
 #include "kiln/model_config.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "io/atomic_h5.h"
 #include "io/hdf5_util.h"
+#include "layers_conv.h"
+#include "io/model_h5_internal.h"
 
 #ifndef KILN_VERSION
 #define KILN_VERSION "unknown"
@@ -52,8 +50,6 @@ struct ExpectedWeight {
     std::string name;  // "kernel", "bias"
     Shape shape;
 };
-
-std::string errno_text(int error) { return std::strerror(error); }
 
 // The weights Keras creates for each layer after the InputLayer, in Keras's order, with the
 // shapes that follow from the input shape: entry i describes config.layers[i + 1].
@@ -79,6 +75,14 @@ Status expected_weights(const ModelConfig& config,
             int64_t features = 1;
             for (int64_t d : shape) features *= d;
             shape = {features};
+        } else if (detail::is_image_layer_class(layer.class_name)) {
+            // Conv2D (kernel (kh, kw, in, out), bias), BatchNormalization (gamma, beta,
+            // moving_mean, moving_variance), and the weightless pooling and Reshape: what the
+            // layer itself asks for on this input.
+            std::vector<ParamInfo> params;
+            Status s = detail::image_layer_weights(layer, &shape, &params);
+            if (!s.is_ok()) return s;
+            for (const ParamInfo& p : params) weights.push_back({p.name, p.shape});
         } else if (layer.class_name != "Dropout" && layer.class_name != "Activation") {
             return Status::unsupported("layer '" + layer.name + "': class " + layer.class_name +
                                        " cannot be saved");
@@ -162,7 +166,8 @@ Status check_weights(const ModelConfig& config, const SavedModel& model,
 Status write_contents(hid_t file, const std::string& path, const std::string& config_json,
                       const SavedModel& model, const ModelConfig& config,
                       const std::vector<std::vector<ExpectedWeight>>& expected,
-                      const std::vector<const LayerWeights*>& paired) {
+                      const std::vector<const LayerWeights*>& paired,
+                      std::vector<WrittenWeight>* written) {
     const h5::Where root{path, "/"};
     Status s = h5::write_string_attribute(file, root, "keras_version", kKerasVersion);
     if (s.is_ok()) s = h5::write_string_attribute(file, root, "backend", kBackend);
@@ -210,6 +215,9 @@ Status write_contents(hid_t file, const std::string& path, const std::string& co
             const NamedArray& w = paired[i]->weights[j];
             s = h5::write_float_dataset(layer_group.get(), layer_where, weight_names[j],
                                         expected[i][j].shape, w.values.data());
+            if (s.is_ok() && written != nullptr) {
+                written->push_back({"/model_weights/" + name + "/" + weight_names[j], &w});
+            }
         }
         if (!s.is_ok()) return s;
         if (layer_group.close() < 0) return h5::io_failure(layer_where, "H5Gclose failed");
@@ -222,51 +230,6 @@ Status write_contents(hid_t file, const std::string& path, const std::string& co
                                             "weight_names", {});
     }
     return s;
-}
-
-// The temporary file of one save: removed when the save fails at any step before the rename.
-class TemporaryFile {
-public:
-    TemporaryFile() = default;
-    ~TemporaryFile() {
-        if (!path_.empty()) (void)::unlink(path_.c_str());
-    }
-    TemporaryFile(const TemporaryFile&) = delete;
-    TemporaryFile& operator=(const TemporaryFile&) = delete;
-
-    void own(std::string path) { path_ = std::move(path); }
-    void release() { path_.clear(); }  // renamed into place: nothing left to remove
-
-private:
-    std::string path_;
-};
-
-// "<dir>/.<basename>.tmp-<pid>-<random>": in the target's directory, so the rename stays on one
-// file system and is atomic; hidden, and recognisable as a stale leftover after a crash.
-std::string temporary_name(const std::filesystem::path& target) {
-    std::random_device device;
-    uint64_t random = (static_cast<uint64_t>(device()) << 32) ^ device();
-    char suffix[64];
-    std::snprintf(suffix, sizeof(suffix), ".tmp-%ld-%016llx", static_cast<long>(::getpid()),
-                  static_cast<unsigned long long>(random));
-    std::filesystem::path name = "." + target.filename().string() + suffix;
-    return (target.parent_path() / name).string();
-}
-
-// HDF5 never calls fsync (its default driver has no flush callback), so durability is ours.
-Status fsync_path(const std::string& path, bool directory) {
-    int flags = O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
-    int fd = ::open(path.c_str(), flags);
-    if (fd < 0) return Status::io_error(path + ": cannot open to sync: " + errno_text(errno));
-    int result = ::fsync(fd);
-    int error = errno;
-    ::close(fd);
-    // Some file systems cannot sync a directory (EINVAL); the rename is then as durable as
-    // that file system makes it, which is all anyone can do there.
-    if (result != 0 && !(directory && error == EINVAL)) {
-        return Status::io_error(path + ": fsync failed: " + errno_text(error));
-    }
-    return Status::ok();
 }
 
 // ---- loading --------------------------------------------------------------------------------
@@ -314,70 +277,57 @@ std::string list_names(const std::vector<std::string>& names) {
     return text.empty() ? "none" : text;
 }
 
+// The checks of step 1 of save_model_h5 and what they produce for writing.
+struct PreparedModel {
+    std::string config_json;
+    ModelConfig config;
+    std::vector<std::vector<ExpectedWeight>> expected;
+    std::vector<const LayerWeights*> paired;
+};
+
+Status prepare_model(const SavedModel& model, PreparedModel* out) {
+    // The JSON round trip checks the config the way a reader will, and gives unnamed layers the
+    // names the file will use.
+    out->config_json = model_config_to_json(model.config);
+    Status s = model_config_from_json(out->config_json, &out->config);
+    if (!s.is_ok()) return s;
+    s = expected_weights(out->config, &out->expected);
+    if (!s.is_ok()) return s;
+    s = check_weights(out->config, model, out->expected, &out->paired);
+    if (!s.is_ok()) return s;
+    if (!model.training_config_json.empty() &&
+        nlohmann::json::parse(model.training_config_json, nullptr, false).is_discarded()) {
+        return Status::invalid_argument("training_config is not valid JSON");
+    }
+    return Status::ok();
+}
+
 }  // namespace
+
+Status check_model_h5(const SavedModel& model) {
+    PreparedModel prepared;
+    return prepare_model(model, &prepared);
+}
+
+Status write_model_h5(hid_t file, const std::string& path, const SavedModel& model,
+                      std::vector<WrittenWeight>* written) {
+    PreparedModel prepared;
+    Status s = prepare_model(model, &prepared);
+    if (!s.is_ok()) return s;
+    return write_contents(file, path, prepared.config_json, model, prepared.config,
+                          prepared.expected, prepared.paired, written);
+}
 
 Status save_model_h5(const std::string& path, const SavedModel& model) {
     const std::string context = path + ": cannot save the model";
-
-    // 1. Validate everything before touching the disk. The JSON round trip checks the config
-    //    the way a reader will, and gives unnamed layers the names the file will use.
-    const std::string config_json = model_config_to_json(model.config);
-    ModelConfig config;
-    Status s = model_config_from_json(config_json, &config);
+    // 1. Validate everything before touching the disk.
+    Status s = check_model_h5(model);
     if (!s.is_ok()) return s.with_context(context);
-    std::vector<std::vector<ExpectedWeight>> expected;
-    s = expected_weights(config, &expected);
-    if (!s.is_ok()) return s.with_context(context);
-    std::vector<const LayerWeights*> paired;
-    s = check_weights(config, model, expected, &paired);
-    if (!s.is_ok()) return s.with_context(context);
-    if (!model.training_config_json.empty() &&
-        nlohmann::json::parse(model.training_config_json, nullptr, false).is_discarded()) {
-        return Status::invalid_argument(context + ": training_config is not valid JSON");
-    }
-    const std::filesystem::path target(path);
-    if (target.filename().empty()) {
-        return Status::invalid_argument(context + ": the path names no file");
-    }
-
-    // 2. Write everything under a fresh temporary name beside the target.
+    // 2. Write under a temporary name beside the target and publish it atomically.
     h5::HDF5Session session;
-    const std::string temporary = temporary_name(target);
-    TemporaryFile cleanup;
-    {
-        // H5F_ACC_EXCL creates the file only if the name is free, so whatever exists under it
-        // after a failed save is ours to remove. The random suffix keeps the name free in
-        // practice; the check makes sure a leftover of someone else's is never deleted.
-        struct stat existing;
-        if (::lstat(temporary.c_str(), &existing) == 0) {
-            return Status::io_error(context + ": the temporary name " + temporary +
-                                    " is already taken");
-        }
-        cleanup.own(temporary);
-        h5::File file;
-        s = h5::create_file_exclusive(temporary, &file);
-        if (!s.is_ok()) return s.with_context(context);
-        s = write_contents(file.get(), path, config_json, model, config, expected, paired);
-        if (!s.is_ok()) return s.with_context(context);
-        // H5Fclose is where HDF5 writes the metadata; a failure here is a failed save.
-        if (file.close() < 0) {
-            return h5::io_failure(h5::Where{temporary, ""}, "H5Fclose failed")
-                .with_context(context);
-        }
-    }
-
-    // 3. Make the bytes durable, publish them under the final name, make the rename durable.
-    s = fsync_path(temporary, false);
-    if (!s.is_ok()) return s.with_context(context);
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-        return Status::io_error(context + ": renaming " + temporary + " failed: " +
-                                errno_text(errno));
-    }
-    cleanup.release();
-    std::string directory = target.parent_path().string();
-    s = fsync_path(directory.empty() ? "." : directory, true);
-    if (!s.is_ok()) return s.with_context(path + ": saved, but not yet durable");
-    return Status::ok();
+    s = h5::publish_atomically(
+        path, [&](hid_t file) { return write_model_h5(file, path, model, nullptr); });
+    return s.with_context(context);
 }
 
 Status load_model_h5(const std::string& path, SavedModel* out) {
@@ -385,12 +335,16 @@ Status load_model_h5(const std::string& path, SavedModel* out) {
     h5::File file;
     Status s = h5::open_file_read(path, &file);
     if (!s.is_ok()) return s;
+    return read_model_h5(file.get(), path, out);
+}
+
+Status read_model_h5(hid_t file, const std::string& path, SavedModel* out) {
     const h5::Where root{path, "/"};
 
     // 1. The architecture, and the training config when there is one.
     SavedModel saved;
     std::string config_json;
-    s = h5::read_string_attribute(file.get(), root, "model_config", &config_json);
+    Status s = h5::read_string_attribute(file, root, "model_config", &config_json);
     if (s.code() == Status::Code::kNotFound) {
         return Status::corruption(path + ": no 'model_config' attribute; not a full Keras model "
                                   "file (a weights-only file needs the model's config)");
@@ -399,16 +353,16 @@ Status load_model_h5(const std::string& path, SavedModel* out) {
     s = model_config_from_json(config_json, &saved.config);
     if (!s.is_ok()) return s.with_context(path);
     bool exists = false;
-    s = h5::attribute_exists(file.get(), root, "training_config", &exists);
+    s = h5::attribute_exists(file, root, "training_config", &exists);
     if (s.is_ok() && exists) {
-        s = h5::read_string_attribute(file.get(), root, "training_config",
+        s = h5::read_string_attribute(file, root, "training_config",
                                       &saved.training_config_json);
     }
     if (!s.is_ok()) return s;
 
     // 2. The file's layer groups and the weights the config says each layer has.
     h5::Group weights_group;
-    s = h5::open_group(file.get(), root, "model_weights", &weights_group);
+    s = h5::open_group(file, root, "model_weights", &weights_group);
     if (s.code() == Status::Code::kNotFound) {
         return Status::corruption(path + ": no 'model_weights' group");
     }

@@ -16,6 +16,8 @@
 #include "kiln/model_config.h"
 
 #include <algorithm>
+#include <array>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -23,6 +25,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -38,7 +41,9 @@ namespace {
 using nlohmann::json;
 using nlohmann::ordered_json;
 
-constexpr const char* kSupportedClasses = "InputLayer, Dense, Activation, Dropout, Flatten";
+constexpr const char* kSupportedClasses =
+    "InputLayer, Dense, Activation, Dropout, Flatten, Conv2D, MaxPooling2D, AveragePooling2D, "
+    "GlobalAveragePooling2D, BatchNormalization, Reshape";
 constexpr size_t kMaxJsonFileBytes = size_t{64} << 20;
 
 const std::set<std::string> kActivations = {"linear", "relu",    "sigmoid", "tanh",
@@ -100,6 +105,19 @@ const std::map<std::string, std::set<std::string>> kClassKeys = {
     {"Activation", {"activation"}},
     {"Dropout", {"rate", "noise_shape", "seed"}},
     {"Flatten", {"data_format"}},
+    {"Conv2D",
+     {"filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
+      "activation", "use_bias", "kernel_initializer", "bias_initializer", "kernel_regularizer",
+      "bias_regularizer", "kernel_constraint", "bias_constraint", "lora_rank", "lora_alpha"}},
+    {"MaxPooling2D", {"pool_size", "strides", "padding", "data_format"}},
+    {"AveragePooling2D", {"pool_size", "strides", "padding", "data_format"}},
+    {"GlobalAveragePooling2D", {"data_format", "keepdims"}},
+    {"BatchNormalization",
+     {"axis", "momentum", "epsilon", "center", "scale", "beta_initializer", "gamma_initializer",
+      "moving_mean_initializer", "moving_variance_initializer", "beta_regularizer",
+      "gamma_regularizer", "beta_constraint", "gamma_constraint", "synchronized", "renorm",
+      "renorm_clipping", "renorm_momentum", "fused", "virtual_batch_size", "adjustment"}},
+    {"Reshape", {"target_shape"}},
 };
 
 // Keys of the object around a layer's config (Keras 3 adds module, registered_name and
@@ -121,18 +139,12 @@ std::string join(const std::set<std::string>& names) {
     return text;
 }
 
-// Keras's naming.to_snake_case for the class names kiln knows: "InputLayer" -> "input_layer".
+// Keras's naming.to_snake_case: "InputLayer" -> "input_layer", "Conv2D" -> "conv2d",
+// "MaxPooling2D" -> "max_pooling2d".
 std::string to_snake_case(const std::string& class_name) {
-    std::string snake;
-    for (size_t i = 0; i < class_name.size(); ++i) {
-        char c = class_name[i];
-        bool upper = c >= 'A' && c <= 'Z';
-        if (upper && i > 0) {
-            char prev = class_name[i - 1];
-            if ((prev >= 'a' && prev <= 'z') || (prev >= '0' && prev <= '9')) snake += '_';
-        }
-        snake += upper ? static_cast<char>(c - 'A' + 'a') : c;
-    }
+    std::string snake = std::regex_replace(class_name, std::regex("(.)([A-Z][a-z]+)"), "$1_$2");
+    snake = std::regex_replace(snake, std::regex("([a-z])([A-Z])"), "$1_$2");
+    for (char& c : snake) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return snake;
 }
 
@@ -263,11 +275,18 @@ const InitializerSpec* find_initializer(const std::string& name_or_class) {
 }
 
 // True when `config` holds only the keys of the defaults with the default values (any seed).
+// Keras >= 3.15 writes the axes a VarianceScaling initializer takes its fans from; null is the
+// default (the last two axes, as kiln's fans are computed).
+bool is_default_fan_axes(const std::string& key, const json& value) {
+    return (key == "input_axes" || key == "output_axes") && value.is_null();
+}
+
 bool has_default_arguments(const json& config, const json& defaults, std::string* offending) {
     for (const auto& item : config.items()) {
         if (item.key() == "seed" && (item.value().is_null() || item.value().is_number_integer())) {
             continue;  // a seed only makes initialisation reproducible; kiln seeds its own RNG
         }
+        if (is_default_fan_axes(item.key(), item.value())) continue;
         // Compared as doubles: Keras writes the same decimal text ("0.05") that the defaults
         // here hold, so equal text parses to the equal double.
         auto expected = defaults.find(item.key());
@@ -294,7 +313,7 @@ Status parse_variance_scaling(const json& config, const std::string& where,
             mode = v.get<std::string>();
         } else if (item.key() == "distribution" && v.is_string()) {
             distribution = v.get<std::string>();
-        } else if (item.key() != "seed") {
+        } else if (item.key() != "seed" && !is_default_fan_axes(item.key(), v)) {
             return unsupported(where, "'" + key + "' VarianceScaling argument '" + item.key() +
                                           "' is not supported");
         }
@@ -417,11 +436,9 @@ Status parse_input_layer(const json& config, const std::string& where, LayerConf
     return Status::ok();
 }
 
-Status parse_dense(const json& config, const std::string& where, LayerConfig* layer) {
-    if (!config.contains("units")) return invalid(where, "Dense needs 'units'");
-    if (!as_int64(config["units"], &layer->units) || layer->units <= 0) {
-        return invalid(where, "'units' must be a positive integer, not " + config["units"].dump());
-    }
+// The arguments Dense and Conv2D share: activation, use_bias, the two initializers, and
+// regularizers, constraints and LoRA, which must be off.
+Status parse_kernel_arguments(const json& config, const std::string& where, LayerConfig* layer) {
     Status s;
     if (config.contains("activation")) {
         s = parse_activation(config["activation"], where, &layer->activation);
@@ -458,6 +475,14 @@ Status parse_dense(const json& config, const std::string& where, LayerConfig* la
     return Status::ok();
 }
 
+Status parse_dense(const json& config, const std::string& where, LayerConfig* layer) {
+    if (!config.contains("units")) return invalid(where, "Dense needs 'units'");
+    if (!as_int64(config["units"], &layer->units) || layer->units <= 0) {
+        return invalid(where, "'units' must be a positive integer, not " + config["units"].dump());
+    }
+    return parse_kernel_arguments(config, where, layer);
+}
+
 Status parse_dropout(const json& config, const std::string& where, LayerConfig* layer) {
     if (!config.contains("rate") || !config["rate"].is_number()) {
         return invalid(where, "Dropout needs a numeric 'rate'");
@@ -487,6 +512,172 @@ Status parse_flatten(const json& config, const std::string& where) {
     if (format.is_string() && format.get<std::string>() == "channels_last") return Status::ok();
     return unsupported(where, "'data_format' " + format.dump() +
                                   " is not supported (kiln uses channels_last)");
+}
+
+// ---- the image layers -------------------------------------------------------------------------
+
+// A (height, width) argument: one integer for both, or a list of two.
+Status parse_pair(const json& value, const std::string& where, const std::string& key,
+                  std::array<int64_t, 2>* out) {
+    int64_t a = 0, b = 0;
+    if (as_int64(value, &a)) {
+        b = a;
+    } else if (!(value.is_array() && value.size() == 2 && as_int64(value[0], &a) &&
+                 as_int64(value[1], &b))) {
+        return invalid(where, "'" + key + "' must be an integer or a list of two, not " +
+                                  value.dump());
+    }
+    if (a <= 0 || b <= 0) {
+        return invalid(where, "'" + key + "' must be positive, not " + value.dump());
+    }
+    *out = {a, b};
+    return Status::ok();
+}
+
+// Keras lower-cases padding; 'causal' is Conv1D's.
+Status parse_padding(const json& config, const std::string& where, std::string* out) {
+    if (!config.contains("padding") || config["padding"].is_null()) return Status::ok();
+    if (!config["padding"].is_string()) return invalid(where, "'padding' must be a string");
+    std::string padding = config["padding"].get<std::string>();
+    for (char& c : padding) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (padding != "valid" && padding != "same") {
+        return unsupported(where, "padding " + config["padding"].dump() +
+                                      " is not supported (kiln has 'valid' and 'same')");
+    }
+    *out = std::move(padding);
+    return Status::ok();
+}
+
+Status parse_conv2d(const json& config, const std::string& where, LayerConfig* layer) {
+    Status s = parse_flatten(config, where);  // data_format: channels_last only
+    if (!s.is_ok()) return s;
+    if (!config.contains("filters") || !as_int64(config["filters"], &layer->filters) ||
+        layer->filters <= 0) {
+        return invalid(where, "Conv2D needs a positive integer 'filters'");
+    }
+    if (!config.contains("kernel_size")) return invalid(where, "Conv2D needs 'kernel_size'");
+    s = parse_pair(config["kernel_size"], where, "kernel_size", &layer->kernel_size);
+    if (!s.is_ok()) return s;
+    layer->strides = {1, 1};
+    if (config.contains("strides") && !config["strides"].is_null()) {
+        s = parse_pair(config["strides"], where, "strides", &layer->strides);
+        if (!s.is_ok()) return s;
+    }
+    if (config.contains("dilation_rate") && !config["dilation_rate"].is_null()) {
+        s = parse_pair(config["dilation_rate"], where, "dilation_rate", &layer->dilation_rate);
+        if (!s.is_ok()) return s;
+    }
+    s = parse_padding(config, where, &layer->padding);
+    if (!s.is_ok()) return s;
+    if (config.contains("groups") && !config["groups"].is_null()) {
+        int64_t groups = 0;
+        if (!as_int64(config["groups"], &groups) || groups != 1) {
+            return unsupported(where, "'groups' " + config["groups"].dump() +
+                                          " is not supported (grouped convolutions)");
+        }
+    }
+    return parse_kernel_arguments(config, where, layer);
+}
+
+Status parse_pooling2d(const json& config, const std::string& where, LayerConfig* layer) {
+    Status s = parse_flatten(config, where);
+    if (!s.is_ok()) return s;
+    if (config.contains("pool_size") && !config["pool_size"].is_null()) {
+        s = parse_pair(config["pool_size"], where, "pool_size", &layer->pool_size);
+        if (!s.is_ok()) return s;
+    }
+    // strides None is the pool size.
+    layer->strides = layer->pool_size;
+    if (config.contains("strides") && !config["strides"].is_null()) {
+        s = parse_pair(config["strides"], where, "strides", &layer->strides);
+        if (!s.is_ok()) return s;
+    }
+    return parse_padding(config, where, &layer->padding);
+}
+
+Status parse_global_pooling2d(const json& config, const std::string& where, LayerConfig* layer) {
+    Status s = parse_flatten(config, where);
+    if (!s.is_ok()) return s;
+    if (config.contains("keepdims") && !config["keepdims"].is_null()) {
+        return get_bool(config["keepdims"], where, "keepdims", &layer->keepdims);
+    }
+    return Status::ok();
+}
+
+Status parse_batch_normalization(const json& config, const std::string& where,
+                                 LayerConfig* layer) {
+    Status s;
+    if (config.contains("axis") && !config["axis"].is_null()) {
+        // tf.keras writes a list of one axis ([3]); kiln checks the value when it builds the
+        // layer, knowing the input's rank.
+        const json& axis = config["axis"];
+        const json& single = axis.is_array() && axis.size() == 1 ? axis[0] : axis;
+        if (!as_int64(single, &layer->axis)) {
+            return unsupported(where, "'axis' " + axis.dump() +
+                                          " is not supported (kiln normalises one axis, the last)");
+        }
+    }
+    for (const auto& [key, target] : {std::pair<const char*, float*>{"momentum", &layer->momentum},
+                                      {"epsilon", &layer->epsilon}}) {
+        if (!config.contains(key) || config[key].is_null()) continue;
+        if (!config[key].is_number()) return invalid(where, std::string("'") + key +
+                                                                "' must be a number");
+        *target = static_cast<float>(config[key].get<double>());
+    }
+    for (const auto& [key, target] : {std::pair<const char*, bool*>{"center", &layer->center},
+                                      {"scale", &layer->scale}}) {
+        if (!config.contains(key) || config[key].is_null()) continue;
+        s = get_bool(config[key], where, key, target);
+        if (!s.is_ok()) return s;
+    }
+    const std::pair<const char*, std::string*> initializers[] = {
+        {"beta_initializer", &layer->beta_initializer},
+        {"gamma_initializer", &layer->gamma_initializer},
+        {"moving_mean_initializer", &layer->moving_mean_initializer},
+        {"moving_variance_initializer", &layer->moving_variance_initializer}};
+    for (const auto& [key, target] : initializers) {
+        if (!config.contains(key)) continue;
+        s = parse_initializer(config[key], where, key, target);
+        if (!s.is_ok()) return s;
+    }
+    for (const char* key : {"beta_regularizer", "gamma_regularizer", "beta_constraint",
+                            "gamma_constraint", "renorm_clipping", "virtual_batch_size",
+                            "adjustment"}) {
+        if (!config.contains(key)) continue;
+        s = require_null(config[key], where, key);
+        if (!s.is_ok()) return s;
+    }
+    if (config.contains("renorm") && !config["renorm"].is_null()) {
+        bool renorm = false;
+        s = get_bool(config["renorm"], where, "renorm", &renorm);
+        if (!s.is_ok()) return s;
+        if (renorm) return unsupported(where, "'renorm': true is not supported");
+    }
+    // synchronized (across devices) and fused (TensorFlow's kernel choice) change nothing on
+    // one device; renorm_momentum means nothing without renorm.
+    for (const char* key : {"synchronized", "fused"}) {
+        if (config.contains(key) && !config[key].is_null() && !config[key].is_boolean()) {
+            return invalid(where, std::string("'") + key + "' must be true, false or null");
+        }
+    }
+    return Status::ok();
+}
+
+Status parse_reshape(const json& config, const std::string& where, LayerConfig* layer) {
+    if (!config.contains("target_shape") || !config["target_shape"].is_array() ||
+        config["target_shape"].empty()) {
+        return invalid(where, "Reshape needs a non-empty list 'target_shape'");
+    }
+    layer->target_shape.clear();
+    for (const json& d : config["target_shape"]) {
+        int64_t dim = 0;
+        if (!as_int64(d, &dim) || (dim <= 0 && dim != -1)) {
+            return invalid(where, "'target_shape' may hold positive sizes and -1, not " +
+                                      config["target_shape"].dump());
+        }
+        layer->target_shape.push_back(dim);
+    }
+    return Status::ok();
 }
 
 // Parses entry `index` of the layer list; an unnamed layer is called `default_name`. `hint`
@@ -563,7 +754,8 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
         Status s = get_bool(config["trainable"], where, "trainable", &trainable);
         if (!s.is_ok()) return s;
         // Frozen weights would be trained anyway: refuse rather than differ from Keras.
-        if (!trainable && layer->class_name == "Dense") {
+        if (!trainable && (layer->class_name == "Dense" || layer->class_name == "Conv2D" ||
+                           layer->class_name == "BatchNormalization")) {
             return unsupported(where, "'trainable': false is not supported (frozen layers)");
         }
     }
@@ -581,6 +773,17 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
     if (layer->class_name == "Dense") return parse_dense(config, where, layer);
     if (layer->class_name == "Dropout") return parse_dropout(config, where, layer);
     if (layer->class_name == "Flatten") return parse_flatten(config, where);
+    if (layer->class_name == "Conv2D") return parse_conv2d(config, where, layer);
+    if (layer->class_name == "MaxPooling2D" || layer->class_name == "AveragePooling2D") {
+        return parse_pooling2d(config, where, layer);
+    }
+    if (layer->class_name == "GlobalAveragePooling2D") {
+        return parse_global_pooling2d(config, where, layer);
+    }
+    if (layer->class_name == "BatchNormalization") {
+        return parse_batch_normalization(config, where, layer);
+    }
+    if (layer->class_name == "Reshape") return parse_reshape(config, where, layer);
     // Activation
     if (!config.contains("activation")) return invalid(where, "Activation needs 'activation'");
     return parse_activation(config["activation"], where, &layer->activation);
@@ -741,6 +944,10 @@ Status parse_document(const json& doc, ModelConfig* out) {
 
 // ---- writing --------------------------------------------------------------------------------
 
+ordered_json pair_to_json(const std::array<int64_t, 2>& pair) {
+    return ordered_json::array({pair[0], pair[1]});
+}
+
 ordered_json initializer_to_json(const std::string& name) {
     ordered_json object = ordered_json::object();
     const InitializerSpec* spec = find_initializer(name);
@@ -795,6 +1002,55 @@ ordered_json layer_to_json(const LayerConfig& layer) {
     } else if (layer.class_name == "Flatten") {
         config = base_layer_config(layer);
         config["data_format"] = "channels_last";
+    } else if (layer.class_name == "Conv2D") {
+        // groups is left out: it is always 1 here, and tf.keras before 2.3 rejects the key.
+        config = base_layer_config(layer);
+        config["filters"] = layer.filters;
+        config["kernel_size"] = pair_to_json(layer.kernel_size);
+        config["strides"] = pair_to_json(layer.strides[0] == 0 && layer.strides[1] == 0
+                                             ? std::array<int64_t, 2>{1, 1}
+                                             : layer.strides);
+        config["padding"] = layer.padding;
+        config["data_format"] = "channels_last";
+        config["dilation_rate"] = pair_to_json(layer.dilation_rate);
+        config["activation"] = layer.activation;
+        config["use_bias"] = layer.use_bias;
+        config["kernel_initializer"] = initializer_to_json(layer.kernel_initializer);
+        config["bias_initializer"] = initializer_to_json(layer.bias_initializer);
+        for (const char* key : {"kernel_regularizer", "bias_regularizer", "activity_regularizer",
+                                "kernel_constraint", "bias_constraint"}) {
+            config[key] = nullptr;
+        }
+    } else if (layer.class_name == "MaxPooling2D" || layer.class_name == "AveragePooling2D") {
+        config = base_layer_config(layer);
+        config["pool_size"] = pair_to_json(layer.pool_size);
+        config["padding"] = layer.padding;
+        config["strides"] = pair_to_json(
+            layer.strides[0] == 0 && layer.strides[1] == 0 ? layer.pool_size : layer.strides);
+        config["data_format"] = "channels_last";
+    } else if (layer.class_name == "GlobalAveragePooling2D") {
+        config = base_layer_config(layer);
+        config["data_format"] = "channels_last";
+        config["keepdims"] = layer.keepdims;
+    } else if (layer.class_name == "BatchNormalization") {
+        config = base_layer_config(layer);
+        config["axis"] = layer.axis;
+        config["momentum"] = float_to_json(layer.momentum);
+        config["epsilon"] = float_to_json(layer.epsilon);
+        config["center"] = layer.center;
+        config["scale"] = layer.scale;
+        config["beta_initializer"] = initializer_to_json(layer.beta_initializer);
+        config["gamma_initializer"] = initializer_to_json(layer.gamma_initializer);
+        config["moving_mean_initializer"] = initializer_to_json(layer.moving_mean_initializer);
+        config["moving_variance_initializer"] =
+            initializer_to_json(layer.moving_variance_initializer);
+        for (const char* key : {"beta_regularizer", "gamma_regularizer", "beta_constraint",
+                                "gamma_constraint"}) {
+            config[key] = nullptr;
+        }
+    } else if (layer.class_name == "Reshape") {
+        config = base_layer_config(layer);
+        config["target_shape"] = layer.target_shape;
     } else {
         // Not a class kiln writes; keep the name so the reader's error can point at it.
         config = ordered_json::object();

@@ -607,7 +607,7 @@ TEST(ImageLayers, H5RoundTripGivesIdenticalPredictions) {
 
 // ---- Keras itself -------------------------------------------------------------------------------
 // With the Keras that scripts/setup.sh installs (KILN_KERAS_PYTHON overrides it), Keras loads
-// kiln's file of every image layer and predicts what kiln predicts; kiln loads a convnet Keras
+// kiln's files (.h5 and .weights.h5) of every image layer and predicts what kiln predicts; kiln loads a convnet Keras
 // trained and predicts what Keras predicts; and one training step of a BatchNormalization leaves
 // the same moving statistics in both.
 
@@ -653,9 +653,14 @@ import os, sys
 os.environ.setdefault("KERAS_BACKEND", "jax")
 import numpy as np, keras
 d = sys.argv[1]
+x, expected = np.load(d + "/x.npy"), np.load(d + "/pred.npy")
 m = keras.models.load_model(d + "/kiln.h5", compile=False)
-np.testing.assert_allclose(m.predict(np.load(d + "/x.npy"), verbose=0), np.load(d + "/pred.npy"),
-                           rtol=1e-5, atol=1e-6)
+np.testing.assert_allclose(m.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+# the Keras 3 weights-only layout, into the same model zeroed
+for v in m.weights:
+    v.assign(np.zeros(v.shape, dtype="float32"))
+m.load_weights(d + "/kiln.weights.h5")
+np.testing.assert_allclose(m.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
 print("ok", keras.__version__)
 )PY";
 
@@ -712,6 +717,7 @@ TEST(ImageLayersKeras, KerasPredictsWhatKilnPredicts) {
     model.fit(x, random_labels(n, 5, 52), args);
     const data::Array pred = model.predict(x, 8);
     ASSERT_TRUE(model.save(dir.file("kiln.h5")).is_ok());
+    ASSERT_TRUE(model.save_weights(dir.file("kiln.weights.h5")).is_ok());
     ASSERT_TRUE(data::save_npy(dir.file("x.npy"), x.shape, x.values.data()).is_ok());
     ASSERT_TRUE(data::save_npy(dir.file("pred.npy"), pred.shape, pred.values.data()).is_ok());
     write_text(dir.file("predict.py"), kKerasPredicts);

@@ -113,12 +113,20 @@ void BackupAndRestore::backup() {
     std::filesystem::create_directories(dir_, ec);
     if (ec)
         throw Error("BackupAndRestore: cannot create " + dir_ + ": " + ec.message());
+    bool rotate = double_checkpoint_;
     if (double_checkpoint_) {
         // The previous backup stays as the fallback: moved, not copied (the new file is written
-        // under a temporary name and renamed into place), once its own write has finished.
-        throw_if_error(model_->wait_for_checkpoints().with_context("BackupAndRestore"));
+        // under a temporary name and renamed into place), once its own write has finished. If
+        // that write failed, the file there is still the newest complete backup: keep it where
+        // it is and go on training (the writer has already warned).
+        const Status written = model_->wait_for_checkpoints();
+        if (!written.is_ok()) {
+            warn("BackupAndRestore: not rotating " + backup_path() + " after a failed write: " +
+                 written.message());
+            rotate = false;
+        }
     }
-    if (double_checkpoint_ && exists(backup_path())) {
+    if (rotate && exists(backup_path())) {
         if (std::rename(backup_path().c_str(), previous_backup_path().c_str()) != 0) {
             throw Error("BackupAndRestore: cannot move " + backup_path() + " to " +
                         previous_backup_path() + ": " + std::strerror(errno));

@@ -475,8 +475,15 @@ void ModelCheckpoint::flush() {
     }
     if (displaced_.empty())
         return;
-    // A displaced top-k file goes only once its replacement is complete on disk.
-    throw_if_error(model_->wait_for_checkpoints());
+    // A displaced top-k file goes only once its replacement is complete on disk. A failed
+    // write keeps every displaced file (training goes on; the writer has already warned).
+    const Status written = model_->wait_for_checkpoints();
+    if (!written.is_ok()) {
+        warn("ModelCheckpoint: keeping the files displaced from the top " +
+             std::to_string(*args_.save_top_k) + ", since a write failed: " + written.message());
+        displaced_.clear();
+        return;
+    }
     for (const std::string& old : displaced_) {
         bool kept = false;
         for (const auto& item : top_k_)

@@ -4,7 +4,8 @@
 // --batch-size 128, as the Keras example does).
 //
 //     bench_fit [--model mlp|cnn] [--device cpu|cuda|auto] [--epochs N] [--warmup-epochs N]
-//               [--batch-size B] [--data SPEC] [--threads N] [--json FILE]
+//               [--batch-size B] [--data SPEC] [--threads N] [--early-stopping on|off]
+//               [--json FILE]
 //
 // An epoch is timed from its first step to the end of its validation pass, including the one
 // read that brings the epoch's figures to the host, so it is the time a user waits per epoch.
@@ -69,6 +70,9 @@ int main(int argc, char** argv) {
     std::string device = "cpu", data_spec = "fashion-mnist", json_path, model_name = "mlp";
     int epochs = 3, warmup = 1, threads = 0;
     int64_t batch = 32;
+    // EarlyStopping with restore_best_weights and a patience that never runs out: every epoch
+    // pays the monitor and, when val_loss improves, the device-side snapshot.
+    bool early_stopping = false;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (i + 1 >= argc) return usage(("missing value for " + arg).c_str());
@@ -87,6 +91,8 @@ int main(int argc, char** argv) {
             data_spec = value;
         } else if (arg == "--threads") {
             threads = std::atoi(value);
+        } else if (arg == "--early-stopping") {
+            early_stopping = std::string(value) == "on";
         } else if (arg == "--json") {
             json_path = value;
         } else {
@@ -122,7 +128,13 @@ int main(int argc, char** argv) {
         args.batch_size = batch;
         args.validation_split = 0.1;
         args.verbose = 0;
-        args.callbacks = {timer};
+        if (early_stopping) {
+            kiln::callbacks::EarlyStoppingArgs es;
+            es.patience = args.epochs + 1;
+            es.restore_best_weights = true;
+            args.callbacks.push_back(std::make_shared<kiln::callbacks::EarlyStopping>(es));
+        }
+        args.callbacks.push_back(timer);  // last, so an epoch's time includes the others' work
         model.fit(data.train.x, data.train.y, args);
 
         const std::vector<double> timed(timer->seconds.begin() + warmup, timer->seconds.end());
@@ -147,6 +159,7 @@ int main(int argc, char** argv) {
             nlohmann::json j = {
                 {"engine", "kiln"},
                 {"model", model_name},
+                {"early_stopping", early_stopping},
                 {"device", model.backend().description()},
                 {"batch_size", batch},
                 {"epoch_times_s", timed},

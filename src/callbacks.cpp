@@ -174,7 +174,7 @@ void ProgbarLogger::draw(int64_t done, const Logs& logs, bool final_line) {
     }
     line = count + "/" + steps + " [" + bar + "]";
     if (final_line) {
-        line += " - " + std::to_string(static_cast<long>(elapsed)) + "s " +
+        line += " - " + std::to_string(std::lround(elapsed)) + "s " +
                 format_per_step(per_step);
     } else {
         line += " - ETA: " + format_eta(per_step * static_cast<double>(steps_ - done));

@@ -13,6 +13,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -81,6 +82,25 @@ private:
     static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR flush-to-zero and denormals-are-zero
     unsigned saved_;
 };
+
+// Calls body(k) with the activation as a compile-time constant k (an integral_constant), so
+// that a per-element loop over math::activation_forward or activation_derivative has no switch
+// inside and vectorises: the runtime switch made the ReLU of a convolution's output (2.8M
+// values per batch of the convnet preset) 5 times slower than the loop's memory traffic.
+template <typename Body>
+void with_activation(Activation kind, Body&& body) {
+    using A = Activation;
+    switch (kind) {
+        case A::kLinear: return body(std::integral_constant<A, A::kLinear>{});
+        case A::kRelu: return body(std::integral_constant<A, A::kRelu>{});
+        case A::kSigmoid: return body(std::integral_constant<A, A::kSigmoid>{});
+        case A::kTanh: return body(std::integral_constant<A, A::kTanh>{});
+        case A::kSoftmax: return body(std::integral_constant<A, A::kSoftmax>{});
+        case A::kGelu: return body(std::integral_constant<A, A::kGelu>{});
+        case A::kElu: return body(std::integral_constant<A, A::kElu>{});
+        case A::kLeakyRelu: return body(std::integral_constant<A, A::kLeakyRelu>{});
+    }
+}
 
 void require_float(const View& v, const char* op) {
     if (v.dtype != DType::kFloat32 && v.dtype != DType::kFloat64) {
@@ -384,9 +404,12 @@ public:
                 if (act.kind == Activation::kSoftmax) {
                     softmax_row(zr, yr, cols);
                 } else if (act.kind != Activation::kLinear || yr != zr) {
-                    for (int64_t c = 0; c < cols; ++c) {
-                        yr[c] = math::activation_forward(act.kind, alpha, zr[c]);
-                    }
+                    with_activation(act.kind, [&](auto kind) {
+                        for (int64_t c = 0; c < cols; ++c) {
+                            yr[c] =
+                                math::activation_forward(decltype(kind)::value, alpha, zr[c]);
+                        }
+                    });
                 }
             });
         });
@@ -409,10 +432,13 @@ public:
                     for (int64_t c = 0; c < cols; ++c) dot += dyp[o + c] * yp[o + c];
                     for (int64_t c = 0; c < cols; ++c) dzp[o + c] = yp[o + c] * (dyp[o + c] - dot);
                 } else {
-                    for (int64_t c = 0; c < cols; ++c) {
-                        dzp[o + c] = dyp[o + c] * math::activation_derivative(
-                                                      act.kind, alpha, zp[o + c], yp[o + c]);
-                    }
+                    with_activation(act.kind, [&](auto kind) {
+                        for (int64_t c = 0; c < cols; ++c) {
+                            dzp[o + c] = dyp[o + c] * math::activation_derivative(
+                                                          decltype(kind)::value, alpha, zp[o + c],
+                                                          yp[o + c]);
+                        }
+                    });
                 }
             });
         });

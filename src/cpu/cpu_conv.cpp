@@ -166,6 +166,17 @@ void gather_patch(const Conv2DGeometry& g, const T* x, int64_t n, int64_t oh, in
                   T* patch) {
     const int64_t C = g.in_c;
     const T* image = x + n * g.in_h * g.in_w * C;
+    const int64_t h0 = oh * g.stride_h - g.pad_top, w0 = ow * g.stride_w - g.pad_left;
+    if (C == 1 && h0 >= 0 && w0 >= 0 && h0 + (g.kernel_h - 1) * g.dilation_h < g.in_h &&
+        w0 + (g.kernel_w - 1) * g.dilation_w < g.in_w) {
+        // A window wholly inside a one-channel image (every window of a 'valid' first layer):
+        // no bounds to check.
+        for (int64_t r = 0; r < g.kernel_h; ++r) {
+            const T* line = image + (h0 + r * g.dilation_h) * g.in_w + w0;
+            for (int64_t s = 0; s < g.kernel_w; ++s) *patch++ = line[s * g.dilation_w];
+        }
+        return;
+    }
     for (int64_t r = 0; r < g.kernel_h; ++r) {
         const int64_t ih = oh * g.stride_h - g.pad_top + r * g.dilation_h;
         for (int64_t s = 0; s < g.kernel_w; ++s) {
@@ -526,6 +537,65 @@ void pool2d_forward(const Pool2DGeometry& g, const T* x, T* y) {
     });
 }
 
+namespace {
+
+// pool2d_backward for tiling max windows: each window's cells get dy at its first largest cell
+// and zero elsewhere, the same values the general path adds up. As there, the first largest cell
+// is found for all channels at once (a running maximum and its cell per channel).
+template <typename T>
+void pool2d_backward_tiling_max(ImageScratch& scratch, const Pool2DGeometry& g, const T* x,
+                                const T* dy, T* dx) {
+    const int64_t C = g.channels;
+    const int64_t lines = g.batch * g.out_h;
+    for_each_index(lines, g.x_elements() > kParallelThreshold, [&](int64_t line) {
+        const int64_t n = line / g.out_h, oh = line % g.out_h;
+        const T* image = x + n * g.in_h * g.in_w * C;
+        T* grad = dx + n * g.in_h * g.in_w * C;
+        ImageScratch::Lease lease = scratch.lease();
+        char* block =
+            static_cast<char*>(lease.get(static_cast<size_t>(C) * (sizeof(T) + sizeof(int32_t))));
+        T* best = reinterpret_cast<T*>(block);
+        int32_t* best_cell = reinterpret_cast<int32_t*>(block + C * sizeof(T));
+        const int64_t h0 = oh * g.pool_h;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            const int64_t w0 = ow * g.pool_w;
+            const T* d = dy + ((n * g.out_h + oh) * g.out_w + ow) * C;
+            const int32_t first = int32_t(h0 * g.in_w + w0);
+            std::copy_n(image + first * C, C, best);
+            std::fill_n(best_cell, C, first);
+            for (int64_t h = h0; h < h0 + g.pool_h; ++h) {
+                for (int64_t w = w0; w < w0 + g.pool_w; ++w) {
+                    const int32_t cell = int32_t(h * g.in_w + w);
+                    const T* __restrict v = image + cell * C;
+                    for (int64_t c = 0; c < C; ++c) {
+                        const bool larger = v[c] > best[c];
+                        best[c] = larger ? v[c] : best[c];
+                        best_cell[c] = larger ? cell : best_cell[c];
+                    }
+                }
+            }
+            for (int64_t h = h0; h < h0 + g.pool_h; ++h) {
+                for (int64_t w = w0; w < w0 + g.pool_w; ++w) {
+                    const int32_t cell = int32_t(h * g.in_w + w);
+                    T* __restrict out = grad + cell * C;
+                    for (int64_t c = 0; c < C; ++c) out[c] = best_cell[c] == cell ? d[c] : T(0);
+                }
+            }
+        }
+        // the columns after the last window, on this line's rows; the rows after the last
+        // window line, once per sample
+        for (int64_t h = h0; h < h0 + g.pool_h; ++h) {
+            T* row = grad + h * g.in_w * C;
+            std::fill(row + g.out_w * g.pool_w * C, row + g.in_w * C, T(0));
+        }
+        if (oh == g.out_h - 1) {
+            std::fill(grad + g.out_h * g.pool_h * g.in_w * C, grad + g.in_h * g.in_w * C, T(0));
+        }
+    });
+}
+
+}  // namespace
+
 // Scatters each output's gradient into its window, outputs in row-major order, so that every
 // input cell receives its contributions in the order the CUDA kernel (which gathers them) adds
 // them. A max window's first largest cell is found for all channels at once: per channel the
@@ -534,6 +604,16 @@ template <typename T>
 void pool2d_backward(ImageScratch& scratch, const Pool2DGeometry& g, const T* x, const T* dy,
                      T* dx) {
     const int64_t C = g.channels;
+    // Windows that tile the image without overlap or padding (MaxPooling2D's defaults) touch
+    // each cell at most once: their cells are written, not added to, and only the cells no
+    // window covers (a last odd row or column) need zeroing first.
+    const bool tiling = g.stride_h == g.pool_h && g.stride_w == g.pool_w && g.pad_top == 0 &&
+                        g.pad_left == 0 && g.out_h * g.pool_h <= g.in_h &&
+                        g.out_w * g.pool_w <= g.in_w;
+    if (tiling && g.kind == PoolKind::kMax) {
+        pool2d_backward_tiling_max(scratch, g, x, dy, dx);
+        return;
+    }
     for_each_index(g.batch, g.x_elements() > kParallelThreshold, [&](int64_t n) {
         const T* image = x + n * g.in_h * g.in_w * C;
         T* grad = dx + n * g.in_h * g.in_w * C;

@@ -28,7 +28,7 @@ namespace {
 
 // Times each epoch and counts the backend's blocking reads across it.
 class EpochTimer : public kiln::Callback {
-public:
+  public:
     void on_epoch_begin(int, const kiln::Logs&) override {
         reads_at_begin_ = model_->backend().reads();
         start_ = std::chrono::steady_clock::now();
@@ -44,7 +44,7 @@ public:
     std::vector<uint64_t> reads;
     kiln::Logs last;
 
-private:
+  private:
     uint64_t reads_at_begin_ = 0;
     std::chrono::steady_clock::time_point start_;
 };
@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
     bool early_stopping = false;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
-        if (i + 1 >= argc) return usage(("missing value for " + arg).c_str());
+        if (i + 1 >= argc)
+            return usage(("missing value for " + arg).c_str());
         const char* value = argv[++i];
         if (arg == "--model") {
             model_name = value;
@@ -99,10 +100,13 @@ int main(int argc, char** argv) {
             return usage(("unknown flag " + arg).c_str());
         }
     }
-    if (epochs < 1 || warmup < 0 || batch < 1) return usage("need epochs >= 1, batch >= 1");
-    if (model_name != "mlp" && model_name != "cnn") return usage("--model is mlp or cnn");
+    if (epochs < 1 || warmup < 0 || batch < 1)
+        return usage("need epochs >= 1, batch >= 1");
+    if (model_name != "mlp" && model_name != "cnn")
+        return usage("--model is mlp or cnn");
     // The CPU backend reads KILN_NUM_THREADS when it first starts its pool.
-    if (threads > 0) setenv("KILN_NUM_THREADS", std::to_string(threads).c_str(), 1);
+    if (threads > 0)
+        setenv("KILN_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
     kiln::data::Dataset data;
     const kiln::Status status = kiln::data::load_dataset(data_spec, {}, &data);
@@ -148,7 +152,8 @@ int main(int argc, char** argv) {
         std::printf("  batch %lld, %lld training samples, %d warm-up + %d timed epochs\n",
                     static_cast<long long>(batch), static_cast<long long>(train_samples), warmup,
                     epochs);
-        for (size_t i = 0; i < timed.size(); ++i) std::printf("  epoch %zu: %.3f s\n", i + 1, timed[i]);
+        for (size_t i = 0; i < timed.size(); ++i)
+            std::printf("  epoch %zu: %.3f s\n", i + 1, timed[i]);
         std::printf("  median epoch: %.3f s (%.0f samples/s), device reads per epoch: %llu\n", med,
                     static_cast<double>(train_samples) / med,
                     static_cast<unsigned long long>(max_reads));

@@ -48,13 +48,15 @@ __global__ void transpose_kernel(const float* src, int64_t rows, int64_t cols, f
     const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTransposeTile;
     for (int i = threadIdx.y; i < kTransposeTile; i += kTransposeRows) {
         const int64_t r = row0 + i, c = col0 + threadIdx.x;
-        if (r < rows && c < cols) tile[i][threadIdx.x] = src[r * cols + c];
+        if (r < rows && c < cols)
+            tile[i][threadIdx.x] = src[r * cols + c];
     }
     __syncthreads();
     // dst row = src column
     for (int i = threadIdx.y; i < kTransposeTile; i += kTransposeRows) {
         const int64_t r = col0 + i, c = row0 + threadIdx.x;
-        if (r < cols && c < rows) dst[r * rows + c] = tile[threadIdx.x][i];
+        if (r < cols && c < rows)
+            dst[r * rows + c] = tile[threadIdx.x][i];
     }
 }
 
@@ -89,10 +91,9 @@ __global__ void crop_nhwc_kernel(const float* padded, int64_t h, int64_t w, int6
     }
 }
 
-__global__ void batch_norm_update_moving_kernel(const float* batch_mean,
-                                                const float* batch_inv_std, float* moving_mean,
-                                                float* moving_variance, size_t channels,
-                                                float momentum, float epsilon) {
+__global__ void batch_norm_update_moving_kernel(const float* batch_mean, const float* batch_inv_std,
+                                                float* moving_mean, float* moving_variance,
+                                                size_t channels, float momentum, float epsilon) {
     for (size_t i = grid_stride_start(); i < channels; i += grid_stride()) {
         const float variance = math::variance_from_inv_std(batch_inv_std[i], epsilon);
         moving_mean[i] = math::moving_average(moving_mean[i], batch_mean[i], momentum);
@@ -107,7 +108,8 @@ __global__ void batch_norm_update_moving_kernel(const float* batch_mean,
 void transpose(cudaStream_t stream, const float* src, int64_t rows, int64_t cols, float* dst) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(rows >= 0 && cols >= 0, "rows", rows, "cols", cols);
-    if (rows == 0 || cols == 0) return;
+    if (rows == 0 || cols == 0)
+        return;
     KILN_REQUIRE(src != nullptr && dst != nullptr && src != dst, "src", src, "dst", dst);
     const int64_t grid_x = ceil_div(cols, kTransposeTile), grid_y = ceil_div(rows, kTransposeTile);
     KILN_REQUIRE(grid_x <= 0x7fffffff && grid_y <= 65535, "rows", rows, "cols", cols);
@@ -127,15 +129,15 @@ void pad_nhwc(cudaStream_t stream, const float* x, int64_t n, int64_t h, int64_t
                  "pad_left", pad_left, "pad_right", pad_right);
     const int64_t hp = h + pad_top + pad_bottom, wp = w + pad_left + pad_right;
     const size_t count = static_cast<size_t>(n * hp * wp * c);
-    if (count == 0) return;
+    if (count == 0)
+        return;
     KILN_REQUIRE(x != nullptr && padded != nullptr, "x", x, "padded", padded);
     launch_1d(pad_nhwc_kernel, stream, static_cast<int64_t>(count), kElementwiseBlock, x, h, w, c,
               pad_top, pad_left, hp, wp, padded, count);
 }
 
-void crop_nhwc(cudaStream_t stream, const float* padded, int64_t n, int64_t h, int64_t w,
-               int64_t c, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-               int64_t pad_right, float* x) {
+void crop_nhwc(cudaStream_t stream, const float* padded, int64_t n, int64_t h, int64_t w, int64_t c,
+               int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right, float* x) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(n >= 0 && h > 0 && w > 0 && c > 0 && pad_top >= 0 && pad_bottom >= 0 &&
                      pad_left >= 0 && pad_right >= 0,
@@ -143,7 +145,8 @@ void crop_nhwc(cudaStream_t stream, const float* padded, int64_t n, int64_t h, i
                  "pad_left", pad_left, "pad_right", pad_right);
     const int64_t hp = h + pad_top + pad_bottom, wp = w + pad_left + pad_right;
     const size_t count = static_cast<size_t>(n * h * w * c);
-    if (count == 0) return;
+    if (count == 0)
+        return;
     KILN_REQUIRE(x != nullptr && padded != nullptr, "x", x, "padded", padded);
     launch_1d(crop_nhwc_kernel, stream, static_cast<int64_t>(count), kElementwiseBlock, padded, h,
               w, c, pad_top, pad_left, hp, wp, x, count);
@@ -155,14 +158,15 @@ void batch_norm_update_moving(cudaStream_t stream, const float* batch_mean,
                               float epsilon) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(channels >= 0, "channels", channels);
-    if (channels == 0) return;
+    if (channels == 0)
+        return;
     KILN_REQUIRE(batch_mean != nullptr && batch_inv_std != nullptr && moving_mean != nullptr &&
                      moving_variance != nullptr,
                  "batch_mean", batch_mean, "batch_inv_std", batch_inv_std, "moving_mean",
                  moving_mean, "moving_variance", moving_variance);
     launch_1d(batch_norm_update_moving_kernel, stream, channels, kElementwiseBlock, batch_mean,
-              batch_inv_std, moving_mean, moving_variance, static_cast<size_t>(channels),
-              momentum, epsilon);
+              batch_inv_std, moving_mean, moving_variance, static_cast<size_t>(channels), momentum,
+              epsilon);
 }
 
 }  // namespace kernels

@@ -31,7 +31,9 @@ constexpr size_t kScratchAlign = 256;
 // nothing over the flat grid-stride loop.
 constexpr int kGatherBlock = kElementwiseBlock;
 
-size_t align_up(size_t bytes) { return (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
+size_t align_up(size_t bytes) {
+    return (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+}
 
 // The scratch layout for n elements: input keys, sorted keys, input indices, then CUB's
 // temporary storage from byte offset `temp` to the end of the scratch.
@@ -86,7 +88,8 @@ __global__ void dropout_forward_kernel(const float* x, float* y, float* mask, si
          i += stride) {
         const float u = math::uniform01(math::hash3(seed, counter, static_cast<uint64_t>(i)));
         const float m = u >= rate ? keep_scale : 0.0f;
-        if (mask != nullptr) mask[i] = m;
+        if (mask != nullptr)
+            mask[i] = m;
         y[i] = x[i] * m;
     }
 }
@@ -112,18 +115,19 @@ size_t permutation_scratch_bytes(int64_t n) {
     // With null storage CUB only reports the size it needs; it launches nothing.
     size_t temp_bytes = 0;
     KILN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-        nullptr, temp_bytes, static_cast<const uint64_t*>(nullptr),
-        static_cast<uint64_t*>(nullptr), static_cast<const int32_t*>(nullptr),
-        static_cast<int32_t*>(nullptr), static_cast<int>(n), 0, 64));
+        nullptr, temp_bytes, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+        static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), static_cast<int>(n),
+        0, 64));
     return permutation_layout(n).temp + align_up(temp_bytes);
 }
 
-void permutation(cudaStream_t stream, int32_t* perm, int64_t n, uint64_t seed,
-                 uint64_t stream_id, void* scratch, size_t scratch_bytes) {
+void permutation(cudaStream_t stream, int32_t* perm, int64_t n, uint64_t seed, uint64_t stream_id,
+                 void* scratch, size_t scratch_bytes) {
     KILN_NVTX_RANGE_FN();
     // perm holds int32 indices, and CUB's item count here is an int.
     KILN_REQUIRE(n >= 0 && n <= INT32_MAX, "n", n);
-    if (n == 0) return;
+    if (n == 0)
+        return;
     const PermutationScratch layout = permutation_layout(n);
     KILN_REQUIRE(perm != nullptr, "perm", perm);
     // The full size is checked by CUB itself (it fails when its part is too small); querying
@@ -150,19 +154,29 @@ void permutation(cudaStream_t stream, int32_t* perm, int64_t n, uint64_t seed,
 void gather_rows(cudaStream_t stream, const void* src, int64_t src_rows, const int32_t* index,
                  int64_t offset, int64_t count, int64_t cols, size_t element_bytes, void* dst) {
     KILN_NVTX_RANGE_FN();
-    KILN_REQUIRE(offset >= 0 && count >= 0 && cols >= 0, "offset", offset, "count", count,
-                 "cols", cols);
-    if (count == 0 || cols == 0) return;
-    KILN_REQUIRE(src != nullptr && index != nullptr && dst != nullptr, "src", src, "index",
-                 index, "dst", dst);
+    KILN_REQUIRE(offset >= 0 && count >= 0 && cols >= 0, "offset", offset, "count", count, "cols",
+                 cols);
+    if (count == 0 || cols == 0)
+        return;
+    KILN_REQUIRE(src != nullptr && index != nullptr && dst != nullptr, "src", src, "index", index,
+                 "dst", dst);
 
     const int32_t* rows = index + offset;
     switch (element_bytes) {
-        case 1: launch_gather<uint8_t>(stream, src, src_rows, rows, count, cols, dst); break;
-        case 2: launch_gather<uint16_t>(stream, src, src_rows, rows, count, cols, dst); break;
-        case 4: launch_gather<uint32_t>(stream, src, src_rows, rows, count, cols, dst); break;
-        case 8: launch_gather<uint64_t>(stream, src, src_rows, rows, count, cols, dst); break;
-        default: KILN_REQUIRE(false, "element_bytes", element_bytes);
+        case 1:
+            launch_gather<uint8_t>(stream, src, src_rows, rows, count, cols, dst);
+            break;
+        case 2:
+            launch_gather<uint16_t>(stream, src, src_rows, rows, count, cols, dst);
+            break;
+        case 4:
+            launch_gather<uint32_t>(stream, src, src_rows, rows, count, cols, dst);
+            break;
+        case 8:
+            launch_gather<uint64_t>(stream, src, src_rows, rows, count, cols, dst);
+            break;
+        default:
+            KILN_REQUIRE(false, "element_bytes", element_bytes);
     }
 }
 
@@ -172,7 +186,8 @@ void dropout_forward(cudaStream_t stream, const float* x, float* y, float* mask,
     KILN_REQUIRE(n >= 0, "n", n);
     // rate == 1 would divide by zero; Keras rejects it too.
     KILN_REQUIRE(rate >= 0.0f && rate < 1.0f, "rate", rate);
-    if (n == 0) return;
+    if (n == 0)
+        return;
     KILN_REQUIRE(x != nullptr && y != nullptr, "x", x, "y", y);
     // As the CPU backend computes it: the reciprocal in float32, then x · mask.
     const float keep_scale = 1.0f / (1.0f - rate);
@@ -183,7 +198,8 @@ void dropout_forward(cudaStream_t stream, const float* x, float* y, float* mask,
 cudaError_t kernel_image_status() {
     cudaFuncAttributes attributes;
     const cudaError_t status = cudaFuncGetAttributes(&attributes, kernel_image_probe_kernel);
-    if (status != cudaSuccess) cudaGetLastError();  // not sticky; leave no error behind
+    if (status != cudaSuccess)
+        cudaGetLastError();  // not sticky; leave no error behind
     return status;
 }
 

@@ -62,8 +62,7 @@ __device__ __forceinline__ size_t grid_stride() {
 
 // z, y: (rows×cols), may alias; bias: (cols) or null.
 __global__ void bias_activation_forward_kernel(float* z, const float* bias, float* y,
-                                               size_t n_elements, size_t cols,
-                                               ActivationSpec act) {
+                                               size_t n_elements, size_t cols, ActivationSpec act) {
     for (size_t i = grid_stride_start(); i < n_elements; i += grid_stride()) {
         float v = z[i];
         if (bias != nullptr) {
@@ -79,8 +78,8 @@ __global__ void bias_activation_forward_kernel(float* z, const float* bias, floa
 __global__ void softmax_forward_kernel(float* z, const float* bias, float* y, int64_t rows,
                                        int64_t cols) {
     const int lane = threadIdx.x % kWarp;
-    const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kSoftmaxWarpsPerBlock +
-                              threadIdx.x / kWarp;
+    const int64_t first_row =
+        static_cast<int64_t>(blockIdx.x) * kSoftmaxWarpsPerBlock + threadIdx.x / kWarp;
     const int64_t row_stride = static_cast<int64_t>(gridDim.x) * kSoftmaxWarpsPerBlock;
     for (int64_t r = first_row; r < rows; r += row_stride) {
         float* zr = z + r * cols;
@@ -127,8 +126,8 @@ __global__ void activation_backward_kernel(const float* z, const float* y, const
 __global__ void softmax_backward_kernel(const float* y, const float* dy, float* dz, int64_t rows,
                                         int64_t cols) {
     const int lane = threadIdx.x % kWarp;
-    const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kSoftmaxWarpsPerBlock +
-                              threadIdx.x / kWarp;
+    const int64_t first_row =
+        static_cast<int64_t>(blockIdx.x) * kSoftmaxWarpsPerBlock + threadIdx.x / kWarp;
     const int64_t row_stride = static_cast<int64_t>(gridDim.x) * kSoftmaxWarpsPerBlock;
     for (int64_t r = first_row; r < rows; r += row_stride) {
         const float* yr = y + r * cols;
@@ -190,46 +189,49 @@ void bias_activation_forward(cudaStream_t stream, float* z, const float* bias, f
                              int64_t rows, int64_t cols, ActivationSpec act) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(rows >= 0 && cols >= 0, "rows", rows, "cols", cols);
-    if (rows == 0 || cols == 0) return;
+    if (rows == 0 || cols == 0)
+        return;
     KILN_REQUIRE(z != nullptr && y != nullptr, "z", z, "y", y);
 
     if (act.kind == Activation::kSoftmax) {
         softmax_forward_kernel<<<static_cast<unsigned>(softmax_grid(rows)),
                                  kSoftmaxWarpsPerBlock * kWarp, 0, stream>>>(z, bias, y, rows,
-                                                                              cols);
+                                                                             cols);
         KILN_CUDA_CHECK_LAUNCH();
         return;
     }
     const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
-    launch_1d(bias_activation_forward_kernel, stream, static_cast<int64_t>(n), kElementwiseBlock,
-              z, bias, y, n, static_cast<size_t>(cols), act);
+    launch_1d(bias_activation_forward_kernel, stream, static_cast<int64_t>(n), kElementwiseBlock, z,
+              bias, y, n, static_cast<size_t>(cols), act);
 }
 
 void activation_backward(cudaStream_t stream, const float* z, const float* y, const float* dy,
                          float* dz, int64_t rows, int64_t cols, ActivationSpec act) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(rows >= 0 && cols >= 0, "rows", rows, "cols", cols);
-    if (rows == 0 || cols == 0) return;
+    if (rows == 0 || cols == 0)
+        return;
     KILN_REQUIRE(dy != nullptr && dz != nullptr, "dy", dy, "dz", dz);
 
     if (act.kind == Activation::kSoftmax) {
         KILN_REQUIRE(y != nullptr, "y", y);
         softmax_backward_kernel<<<static_cast<unsigned>(softmax_grid(rows)),
                                   kSoftmaxWarpsPerBlock * kWarp, 0, stream>>>(y, dy, dz, rows,
-                                                                               cols);
+                                                                              cols);
         KILN_CUDA_CHECK_LAUNCH();
         return;
     }
     KILN_REQUIRE(z != nullptr && y != nullptr, "z", z, "y", y);
     const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
-    launch_1d(activation_backward_kernel, stream, static_cast<int64_t>(n), kElementwiseBlock, z,
-              y, dy, dz, n, act);
+    launch_1d(activation_backward_kernel, stream, static_cast<int64_t>(n), kElementwiseBlock, z, y,
+              dy, dz, n, act);
 }
 
 void bias_grad(cudaStream_t stream, const float* dz, float* db, int64_t rows, int64_t cols) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(rows >= 0 && cols >= 0, "rows", rows, "cols", cols);
-    if (cols == 0) return;
+    if (cols == 0)
+        return;
     KILN_REQUIRE(db != nullptr && (dz != nullptr || rows == 0), "dz", dz, "db", db);
     const int64_t grid = ceil_div(cols, kBiasGradCols);
     KILN_REQUIRE(grid <= 0x7fffffff, "cols", cols);
@@ -242,10 +244,10 @@ void bias_grad(cudaStream_t stream, const float* dz, float* db, int64_t rows, in
 void multiply(cudaStream_t stream, const float* a, const float* b, float* out, int64_t n) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(n >= 0, "n", n);
-    if (n == 0) return;
+    if (n == 0)
+        return;
     KILN_REQUIRE(a != nullptr && b != nullptr && out != nullptr, "a", a, "b", b, "out", out);
-    launch_1d(multiply_kernel, stream, n, kElementwiseBlock, a, b, out,
-              static_cast<size_t>(n));
+    launch_1d(multiply_kernel, stream, n, kElementwiseBlock, a, b, out, static_cast<size_t>(n));
 }
 
 }  // namespace kernels

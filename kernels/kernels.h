@@ -55,8 +55,8 @@ void optimizer_update(cudaStream_t stream, const OptimizerStep& step, float* par
 // indices and CUB's radix-sort storage. Allocate it once per n; the permutation runs each epoch.
 size_t permutation_scratch_bytes(int64_t n);
 // perm(n) = 0..n-1 sorted by (math::hash3(seed, stream_id, i), i).
-void permutation(cudaStream_t stream, int32_t* perm, int64_t n, uint64_t seed,
-                 uint64_t stream_id, void* scratch, size_t scratch_bytes);
+void permutation(cudaStream_t stream, int32_t* perm, int64_t n, uint64_t seed, uint64_t stream_id,
+                 void* scratch, size_t scratch_bytes);
 // dst(count×cols) = src rows index[offset .. offset+count), for elements of `element_bytes`
 // (1, 2, 4 or 8) bytes. `src_rows` bounds the indices: a row outside [0, src_rows) is a broken
 // invariant, and its destination row is filled with zero bytes rather than read out of bounds.
@@ -77,9 +77,8 @@ void pad_nhwc(cudaStream_t stream, const float* x, int64_t n, int64_t h, int64_t
               int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
               float* padded);
 // x(N, H, W, C) = the interior of padded, the inverse of pad_nhwc.
-void crop_nhwc(cudaStream_t stream, const float* padded, int64_t n, int64_t h, int64_t w,
-               int64_t c, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-               int64_t pad_right, float* x);
+void crop_nhwc(cudaStream_t stream, const float* padded, int64_t n, int64_t h, int64_t w, int64_t c,
+               int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right, float* x);
 // moving = moving·momentum + batch·(1 - momentum) per channel, the batch variance recovered from
 // inv_std = 1/sqrt(variance + epsilon) (what cuDNN saves).
 void batch_norm_update_moving(cudaStream_t stream, const float* batch_mean,
@@ -92,8 +91,8 @@ void batch_norm_update_moving(cudaStream_t stream, const float* batch_mean,
 // dx (=) from x and dy. The same windows, cells and order of additions as the CPU backend, so
 // the results are the same bits.
 void pool2d_forward(cudaStream_t stream, const Pool2DGeometry& g, const float* x, float* y);
-void pool2d_backward(cudaStream_t stream, const Pool2DGeometry& g, const float* x,
-                     const float* dy, float* dx);
+void pool2d_backward(cudaStream_t stream, const Pool2DGeometry& g, const float* x, const float* dy,
+                     float* dx);
 
 // ---- any file -----------------------------------------------------------------------------------
 // cudaSuccess when this build holds machine code or PTX the current device can run, else the
@@ -124,7 +123,9 @@ constexpr int kElementwiseBlock = 256;
 // than an H200's 132 SMs × 2048 resident threads, so the cap never costs occupancy.
 constexpr int64_t kMaxGridBlocks = 65536;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t ceil_div(int64_t a, int64_t b) {
+    return (a + b - 1) / b;
+}
 
 // "rows=4, cols=-1": the values a failed launcher check prints.
 inline void append_values(std::ostringstream&) {}
@@ -142,18 +143,19 @@ std::string named_values(NamedValues&&... values) {
 
 // A launcher's input check: throws kiln::Error naming the launcher, the condition and the values,
 // e.g. KILN_REQUIRE(rows >= 0, "rows", rows, "cols", cols).
-#define KILN_REQUIRE(cond, ...)                                                              \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            throw ::kiln::Error(std::string("kernels::") + __func__ + ": expected " #cond   \
-                                ", got " + ::kiln::kernels::named_values(__VA_ARGS__));      \
-        }                                                                                    \
+#define KILN_REQUIRE(cond, ...)                                              \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            throw ::kiln::Error(std::string("kernels::") + __func__ +        \
+                                ": expected " #cond ", got " +               \
+                                ::kiln::kernels::named_values(__VA_ARGS__)); \
+        }                                                                    \
     } while (0)
 
 // Names a launcher's span in Nsight Systems timelines (NVTX 3 is header-only; it costs a branch
 // when no profiler is attached).
 class NvtxRange {
-public:
+  public:
     explicit NvtxRange(const char* name) { nvtxRangePushA(name); }
     ~NvtxRange() { nvtxRangePop(); }
     NvtxRange(const NvtxRange&) = delete;
@@ -166,7 +168,8 @@ public:
 template <typename... KernelArgs, typename... Args>
 void launch_1d(void (*kernel)(KernelArgs...), cudaStream_t stream, int64_t n_elements, int block,
                Args&&... args) {
-    if (n_elements <= 0) return;
+    if (n_elements <= 0)
+        return;
     const int64_t grid = std::min(ceil_div(n_elements, block), kMaxGridBlocks);
     kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(std::forward<Args>(args)...);
     KILN_CUDA_CHECK_LAUNCH();

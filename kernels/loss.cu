@@ -92,22 +92,21 @@ struct RowResult {
 
 // The categorical losses of one row, computed by the whole warp; lane-uniform result.
 // target: the row's one-hot or soft targets, or null for the sparse loss (then `label`).
-__device__ RowResult categorical_row(const LossSpec& spec, const float* pred,
-                                     const float* target, int64_t label, float* g, int64_t cols,
-                                     float scale, int lane) {
+__device__ RowResult categorical_row(const LossSpec& spec, const float* pred, const float* target,
+                                     int64_t label, float* g, int64_t cols, float scale, int lane) {
     const bool sparse = target == nullptr;
-    auto y_at = [&](int64_t c) -> float {
-        return sparse ? (c == label ? 1.0f : 0.0f) : target[c];
-    };
+    auto y_at = [&](int64_t c) -> float { return sparse ? (c == label ? 1.0f : 0.0f) : target[c]; };
 
     float loss = 0.0f;
     if (spec.fused_output || spec.from_logits) {
         // log-sum-exp of the logits, shifted by the row maximum
         float max_z = -INFINITY;
-        for (int64_t c = lane; c < cols; c += kWarp) max_z = fmaxf(max_z, pred[c]);
+        for (int64_t c = lane; c < cols; c += kWarp)
+            max_z = fmaxf(max_z, pred[c]);
         max_z = warp_max(max_z);
         float sum = 0.0f;
-        for (int64_t c = lane; c < cols; c += kWarp) sum += exp(pred[c] - max_z);
+        for (int64_t c = lane; c < cols; c += kWarp)
+            sum += exp(pred[c] - max_z);
         sum = warp_sum(sum);
         const float log_sum = log(sum) + max_z;
 
@@ -115,7 +114,8 @@ __device__ RowResult categorical_row(const LossSpec& spec, const float* pred,
         float y_sum = 0.0f;
         for (int64_t c = lane; c < cols; c += kWarp) {
             const float y = y_at(c);
-            if (y == 0.0f) continue;
+            if (y == 0.0f)
+                continue;
             y_sum += y;
             loss += spec.from_logits ? y * (log_sum - pred[c])
                                      : y * math::neg_log_clipped(exp(pred[c] - log_sum));
@@ -131,17 +131,20 @@ __device__ RowResult categorical_row(const LossSpec& spec, const float* pred,
     } else {
         // probabilities: normalise to sum 1, clip, log
         float sum = 0.0f;
-        for (int64_t c = lane; c < cols; c += kWarp) sum += pred[c];
+        for (int64_t c = lane; c < cols; c += kWarp)
+            sum += pred[c];
         sum = warp_sum(sum);
         const float lo = float(math::kEpsilon), hi = 1.0f - float(math::kEpsilon);
 
         float unclipped_y_sum = 0.0f;  // Σ y over the classes whose clip is inactive
         for (int64_t c = lane; c < cols; c += kWarp) {
             const float y = y_at(c);
-            if (y == 0.0f) continue;
+            if (y == 0.0f)
+                continue;
             const float q = pred[c] / sum;
             loss += y * math::neg_log_clipped(q);
-            if (q > lo && q < hi) unclipped_y_sum += y;
+            if (q > lo && q < hi)
+                unclipped_y_sum += y;
         }
         unclipped_y_sum = warp_sum(unclipped_y_sum);
         loss = warp_sum(loss);
@@ -166,9 +169,8 @@ __device__ RowResult categorical_row(const LossSpec& spec, const float* pred,
 }
 
 // The element-wise losses of one row, averaged over its columns; lane-uniform result.
-__device__ RowResult elementwise_row(const LossSpec& spec, const float* pred,
-                                     const float* target, float* g, int64_t cols, float scale,
-                                     int lane) {
+__device__ RowResult elementwise_row(const LossSpec& spec, const float* pred, const float* target,
+                                     float* g, int64_t cols, float scale, int lane) {
     const float inv_cols = 1.0f / float(cols);
     // A fused sigmoid leaves logits in pred: the 0.5 threshold on p is 0 on z.
     const float threshold = spec.fused_output ? 0.0f : 0.5f;
@@ -194,9 +196,11 @@ __device__ RowResult elementwise_row(const LossSpec& spec, const float* pred,
                 loss += math::absolute_error(p, y);
                 d = math::absolute_error_grad(p, y);
                 break;
-            default: break;
+            default:
+                break;
         }
-        if (g != nullptr) g[c] = d * inv_cols * scale;
+        if (g != nullptr)
+            g[c] = d * inv_cols * scale;
         if (spec.metric == MetricKind::kBinaryAccuracy) {
             correct += (p > threshold ? 1.0f : 0.0f) == y ? 1.0f : 0.0f;
         }
@@ -287,7 +291,9 @@ __global__ void loss_accumulate_kernel(const double* partial, int n_blocks, int6
 
 // ---- launchers ------------------------------------------------------------------------------
 
-size_t loss_scratch_bytes() { return 2 * kLossMaxBlocks * sizeof(double); }
+size_t loss_scratch_bytes() {
+    return 2 * kLossMaxBlocks * sizeof(double);
+}
 
 void loss(cudaStream_t stream, const LossSpec& spec, const float* pred, const float* y_true,
           float* grad, int64_t rows, int64_t cols, int64_t grad_rows, double* acc, void* scratch,
@@ -299,7 +305,8 @@ void loss(cudaStream_t stream, const LossSpec& spec, const float* pred, const fl
     KILN_REQUIRE(acc != nullptr, "acc", acc);
     KILN_REQUIRE(scratch != nullptr && scratch_bytes >= loss_scratch_bytes(), "scratch", scratch,
                  "scratch_bytes", scratch_bytes, "needed", loss_scratch_bytes());
-    if (rows == 0) return;  // adds nothing, writes no gradient
+    if (rows == 0)
+        return;  // adds nothing, writes no gradient
     KILN_REQUIRE(pred != nullptr && y_true != nullptr, "pred", pred, "y_true", y_true);
 
     const int64_t grid = std::min<int64_t>(
@@ -311,8 +318,7 @@ void loss(cudaStream_t stream, const LossSpec& spec, const float* pred, const fl
         spec, pred, y_true, grad, rows, cols, scale, partial, acc);
     KILN_CUDA_CHECK_LAUNCH();
     if (grid > 1) {
-        loss_accumulate_kernel<<<1, kWarp, 0, stream>>>(partial, static_cast<int>(grid), rows,
-                                                        acc);
+        loss_accumulate_kernel<<<1, kWarp, 0, stream>>>(partial, static_cast<int>(grid), rows, acc);
         KILN_CUDA_CHECK_LAUNCH();
     }
 }

@@ -43,15 +43,22 @@ KILN_HD T clip(T x, T lo, T hi) {
 template <typename T>
 KILN_HD T activation_forward(Activation kind, T alpha, T x) {
     switch (kind) {
-        case Activation::kRelu: return x > T(0) ? x : T(0);
-        case Activation::kSigmoid: return T(1) / (T(1) + exp(-x));
-        case Activation::kTanh: return tanh(x);
-        case Activation::kGelu: return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
-        case Activation::kElu: return x > T(0) ? x : alpha * (exp(x) - T(1));
-        case Activation::kLeakyRelu: return x > T(0) ? x : alpha * x;
+        case Activation::kRelu:
+            return x > T(0) ? x : T(0);
+        case Activation::kSigmoid:
+            return T(1) / (T(1) + exp(-x));
+        case Activation::kTanh:
+            return tanh(x);
+        case Activation::kGelu:
+            return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
+        case Activation::kElu:
+            return x > T(0) ? x : alpha * (exp(x) - T(1));
+        case Activation::kLeakyRelu:
+            return x > T(0) ? x : alpha * x;
         case Activation::kLinear:
         case Activation::kSoftmax:  // row-wise, never reaches here
-        default: return x;
+        default:
+            return x;
     }
 }
 
@@ -59,19 +66,25 @@ KILN_HD T activation_forward(Activation kind, T alpha, T x) {
 template <typename T>
 KILN_HD T activation_derivative(Activation kind, T alpha, T x, T y) {
     switch (kind) {
-        case Activation::kRelu: return x > T(0) ? T(1) : T(0);
-        case Activation::kSigmoid: return y * (T(1) - y);
-        case Activation::kTanh: return T(1) - y * y;
+        case Activation::kRelu:
+            return x > T(0) ? T(1) : T(0);
+        case Activation::kSigmoid:
+            return y * (T(1) - y);
+        case Activation::kTanh:
+            return T(1) - y * y;
         case Activation::kGelu: {
             const T cdf = T(0.5) * (T(1) + erf(x * T(0.70710678118654752440)));
             const T pdf = exp(T(-0.5) * x * x) * T(0.39894228040143267794);
             return cdf + x * pdf;
         }
-        case Activation::kElu: return x > T(0) ? T(1) : y + alpha;
-        case Activation::kLeakyRelu: return x > T(0) ? T(1) : alpha;
+        case Activation::kElu:
+            return x > T(0) ? T(1) : y + alpha;
+        case Activation::kLeakyRelu:
+            return x > T(0) ? T(1) : alpha;
         case Activation::kLinear:
         case Activation::kSoftmax:
-        default: return T(1);
+        default:
+            return T(1);
     }
 }
 
@@ -92,9 +105,11 @@ KILN_HD T binary_crossentropy(T pred, T target, bool from_logits) {
 // probabilities it is zero where the clip is active, as the clipped formula's gradient is.
 template <typename T>
 KILN_HD T binary_crossentropy_grad(T pred, T target, bool from_logits) {
-    if (from_logits) return T(1) / (T(1) + exp(-pred)) - target;
+    if (from_logits)
+        return T(1) / (T(1) + exp(-pred)) - target;
     const T lo = T(kEpsilon), hi = T(1) - T(kEpsilon);
-    if (pred <= lo || pred >= hi) return T(0);
+    if (pred <= lo || pred >= hi)
+        return T(0);
     return (pred - target) / (pred * (T(1) - pred));
 }
 
@@ -190,8 +205,8 @@ KILN_HD void optimizer_update(const OptimizerStep& o, T* p, T g, T* s0, T* s1, T
             return;
         case OptimizerKind::kAdam:
         case OptimizerKind::kAdamW:
-            adam_update(T(o.beta_1), T(o.beta_2), T(o.epsilon), T(o.alpha), adamw_decay<T>(o), p,
-                        g, s0, s1);
+            adam_update(T(o.beta_1), T(o.beta_2), T(o.epsilon), T(o.alpha), adamw_decay<T>(o), p, g,
+                        s0, s1);
             return;
         case OptimizerKind::kRMSprop:
             rmsprop_update(T(o.learning_rate), T(o.rho), T(o.momentum), T(o.epsilon), o.centered, p,
@@ -226,8 +241,8 @@ KILN_HD float uniform01(uint64_t bits) {
 // them, so both see the same windows in the same order.
 
 // The window of output `o`, clipped to the image: cells [*lo, *hi) of an axis of `in` cells.
-KILN_HD void pool_window(int64_t o, int64_t stride, int64_t pad_before, int64_t window,
-                         int64_t in, int64_t* lo, int64_t* hi) {
+KILN_HD void pool_window(int64_t o, int64_t stride, int64_t pad_before, int64_t window, int64_t in,
+                         int64_t* lo, int64_t* hi) {
     const int64_t start = o * stride - pad_before;
     *lo = start > 0 ? start : 0;
     *hi = start + window < in ? start + window : in;
@@ -241,7 +256,8 @@ KILN_HD void covering_outputs(int64_t i, int64_t stride, int64_t pad_before, int
     const int64_t first = i + pad_before - window + 1;  // o·stride >= first
     int64_t l = first <= 0 ? 0 : (first + stride - 1) / stride;
     int64_t h = (i + pad_before) / stride + 1;  // o·stride <= i + pad_before
-    if (h > out) h = out;
+    if (h > out)
+        h = out;
     *lo = l;
     *hi = h;
 }

@@ -50,7 +50,8 @@ void optimizer_update(cudaStream_t stream, const OptimizerStep& step, float* par
     const int slots = optimizer_state_slots(step);
     KILN_REQUIRE(n >= 0, "n", n);
     KILN_REQUIRE(slots >= 0 && slots <= 3, "slots", slots);
-    if (n == 0) return;
+    if (n == 0)
+        return;
     KILN_REQUIRE(params != nullptr && grads != nullptr, "params", params, "grads", grads);
     KILN_REQUIRE(slots == 0 || state != nullptr, "slots", slots, "state", state);
     const size_t count = static_cast<size_t>(n);

@@ -79,8 +79,8 @@ __global__ void pool2d_forward_kernel(Pool2DGeometry g, const float* x, float* y
 }
 
 // One thread per input element (n, h, w, c).
-__global__ void pool2d_backward_kernel(Pool2DGeometry g, const float* x, const float* dy,
-                                       float* dx, size_t n_elements) {
+__global__ void pool2d_backward_kernel(Pool2DGeometry g, const float* x, const float* dy, float* dx,
+                                       size_t n_elements) {
     for (size_t i = grid_stride_start(); i < n_elements; i += grid_stride()) {
         const int64_t c = static_cast<int64_t>(i % g.channels);
         int64_t t = static_cast<int64_t>(i / g.channels);
@@ -113,7 +113,8 @@ __global__ void pool2d_backward_kernel(Pool2DGeometry g, const float* x, const f
                             }
                         }
                     }
-                    if (best_h == h && best_w == w) sum += d;
+                    if (best_h == h && best_w == w)
+                        sum += d;
                 } else {
                     sum += d / static_cast<float>((h1 - h0) * (w1 - w0));
                 }
@@ -126,12 +127,11 @@ __global__ void pool2d_backward_kernel(Pool2DGeometry g, const float* x, const f
 void check_geometry(const Pool2DGeometry& g) {
     KILN_REQUIRE(g.batch >= 0 && g.in_h > 0 && g.in_w > 0 && g.channels > 0 && g.out_h > 0 &&
                      g.out_w > 0 && g.pool_h > 0 && g.pool_w > 0 && g.stride_h > 0 &&
-                     g.stride_w > 0 && g.pad_top >= 0 && g.pad_left >= 0 &&
-                     g.pad_top < g.pool_h && g.pad_left < g.pool_w,
-                 "batch", g.batch, "in_h", g.in_h, "in_w", g.in_w, "channels", g.channels,
-                 "out_h", g.out_h, "out_w", g.out_w, "pool_h", g.pool_h, "pool_w", g.pool_w,
-                 "stride_h", g.stride_h, "stride_w", g.stride_w, "pad_top", g.pad_top,
-                 "pad_left", g.pad_left);
+                     g.stride_w > 0 && g.pad_top >= 0 && g.pad_left >= 0 && g.pad_top < g.pool_h &&
+                     g.pad_left < g.pool_w,
+                 "batch", g.batch, "in_h", g.in_h, "in_w", g.in_w, "channels", g.channels, "out_h",
+                 g.out_h, "out_w", g.out_w, "pool_h", g.pool_h, "pool_w", g.pool_w, "stride_h",
+                 g.stride_h, "stride_w", g.stride_w, "pad_top", g.pad_top, "pad_left", g.pad_left);
 }
 
 }  // namespace
@@ -142,18 +142,20 @@ void pool2d_forward(cudaStream_t stream, const Pool2DGeometry& g, const float* x
     KILN_NVTX_RANGE_FN();
     check_geometry(g);
     const int64_t count = g.y_elements();
-    if (count == 0) return;
+    if (count == 0)
+        return;
     KILN_REQUIRE(x != nullptr && y != nullptr, "x", x, "y", y);
     launch_1d(pool2d_forward_kernel, stream, count, kElementwiseBlock, g, x, y,
               static_cast<size_t>(count));
 }
 
-void pool2d_backward(cudaStream_t stream, const Pool2DGeometry& g, const float* x,
-                     const float* dy, float* dx) {
+void pool2d_backward(cudaStream_t stream, const Pool2DGeometry& g, const float* x, const float* dy,
+                     float* dx) {
     KILN_NVTX_RANGE_FN();
     check_geometry(g);
     const int64_t count = g.x_elements();
-    if (count == 0) return;
+    if (count == 0)
+        return;
     KILN_REQUIRE(x != nullptr && dy != nullptr && dx != nullptr, "x", x, "dy", dy, "dx", dx);
     launch_1d(pool2d_backward_kernel, stream, count, kElementwiseBlock, g, x, dy, dx,
               static_cast<size_t>(count));

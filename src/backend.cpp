@@ -6,7 +6,8 @@ namespace kiln {
 
 #if !defined(KILN_WITH_CUDA)
 std::unique_ptr<Backend> make_cuda_backend(std::string* why) {
-    if (why) *why = "kiln was built without CUDA (KILN_USE_CUDA=OFF)";
+    if (why)
+        *why = "kiln was built without CUDA (KILN_USE_CUDA=OFF)";
     return nullptr;
 }
 #endif
@@ -24,7 +25,8 @@ BackendSelection select_backend(DeviceChoice choice) {
         selection.message = "using " + selection.backend->description();
         return selection;
     }
-    if (choice == DeviceChoice::kCuda) throw Error("--device cuda: " + why);
+    if (choice == DeviceChoice::kCuda)
+        throw Error("--device cuda: " + why);
     selection.backend = make_cpu_backend();
     selection.message = "using " + selection.backend->description() + ", since " + why;
     return selection;

@@ -21,14 +21,16 @@ void Logs::set(const std::string& key, double value) {
 
 std::optional<double> Logs::get(const std::string& key) const {
     for (const auto& item : items_) {
-        if (item.first == key) return item.second;
+        if (item.first == key)
+            return item.second;
     }
     return std::nullopt;
 }
 
 std::vector<std::string> batch_log_keys(const std::string& metric_name) {
     std::vector<std::string> keys = {"loss"};
-    if (!metric_name.empty()) keys.push_back(metric_name);
+    if (!metric_name.empty())
+        keys.push_back(metric_name);
     return keys;
 }
 
@@ -37,24 +39,28 @@ std::vector<std::string> epoch_log_keys(const std::string& metric_name, bool val
     std::vector<std::string> keys = batch_log_keys(metric_name);
     if (validation) {
         const size_t n = keys.size();
-        for (size_t i = 0; i < n; ++i) keys.push_back("val_" + keys[i]);
+        for (size_t i = 0; i < n; ++i)
+            keys.push_back("val_" + keys[i]);
     }
     for (const auto& cb : callbacks) {
         for (const std::string& key : cb->added_log_keys()) {
-            if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
+            if (std::find(keys.begin(), keys.end(), key) == keys.end())
+                keys.push_back(key);
         }
     }
     return keys;
 }
 
 void Callback::say(const std::string& line) const {
-    if (!msg_out_) return;
+    if (!msg_out_)
+        return;
     std::fprintf(msg_out_, "%s\n", line.c_str());
     std::fflush(msg_out_);
 }
 
 void Callback::warn(const std::string& text) const {
-    if (!msg_err_) return;
+    if (!msg_err_)
+        return;
     std::fprintf(msg_err_, "kiln: %s\n", text.c_str());
     std::fflush(msg_err_);
 }
@@ -78,7 +84,8 @@ void History::on_train_begin(const Logs&) {
 void History::on_epoch_end(int e, const Logs& logs) {
     epoch.push_back(e);
     for (const auto& [key, value] : logs.items()) {
-        if (!history.count(key)) keys.push_back(key);
+        if (!history.count(key))
+            keys.push_back(key);
         history[key].push_back(value);
     }
 }
@@ -116,7 +123,8 @@ std::string format_eta(double seconds) {
 
 std::string format_logs(const Logs& logs) {
     std::string text;
-    for (const auto& [key, value] : logs.items()) text += " - " + key + ": " + format_metric(value);
+    for (const auto& [key, value] : logs.items())
+        text += " - " + key + ": " + format_metric(value);
     return text;
 }
 
@@ -127,7 +135,8 @@ ProgbarLogger::ProgbarLogger(std::FILE* out) : out_(out ? out : stdout) {
 }
 
 void ProgbarLogger::on_epoch_begin(int epoch, const Logs&) {
-    if (verbose_ == 0) return;
+    if (verbose_ == 0)
+        return;
     std::fprintf(out_, "Epoch %d/%d\n", epoch + 1, epochs_);
     std::fflush(out_);
     epoch_start_ = last_draw_ = std::chrono::steady_clock::now();
@@ -135,7 +144,8 @@ void ProgbarLogger::on_epoch_begin(int epoch, const Logs&) {
 }
 
 void ProgbarLogger::on_train_batch_end(int64_t batch, const Logs& logs) {
-    if (verbose_ != 1 || !dynamic_) return;
+    if (verbose_ != 1 || !dynamic_)
+        return;
     const auto now = std::chrono::steady_clock::now();
     if (std::chrono::duration<double>(now - last_draw_).count() < kRedrawSeconds &&
         batch + 1 < steps_) {
@@ -146,7 +156,8 @@ void ProgbarLogger::on_train_batch_end(int64_t batch, const Logs& logs) {
 }
 
 void ProgbarLogger::on_epoch_end(int, const Logs& logs) {
-    if (verbose_ == 0) return;
+    if (verbose_ == 0)
+        return;
     draw(steps_, logs, true);
 }
 
@@ -169,13 +180,13 @@ void ProgbarLogger::draw(int64_t done, const Logs& logs, bool final_line) {
     const int filled = steps_ > 0 ? static_cast<int>(kBarWidth * done / steps_) : kBarWidth;
     std::string bar(static_cast<size_t>(filled), '=');
     if (done < steps_) {
-        if (filled > 0) bar.back() = '>';
+        if (filled > 0)
+            bar.back() = '>';
         bar += std::string(static_cast<size_t>(kBarWidth - filled), '.');
     }
     line = count + "/" + steps + " [" + bar + "]";
     if (final_line) {
-        line += " - " + std::to_string(std::lround(elapsed)) + "s " +
-                format_per_step(per_step);
+        line += " - " + std::to_string(std::lround(elapsed)) + "s " + format_per_step(per_step);
     } else {
         line += " - ETA: " + format_eta(per_step * static_cast<double>(steps_ - done));
     }
@@ -183,7 +194,8 @@ void ProgbarLogger::draw(int64_t done, const Logs& logs, bool final_line) {
     if (dynamic_) {
         // Pad with spaces to wipe a longer previous line.
         const size_t width = line.size();
-        if (width < last_width_) line += std::string(last_width_ - width, ' ');
+        if (width < last_width_)
+            line += std::string(last_width_ - width, ' ');
         last_width_ = width;
         std::fprintf(out_, "\r%s%s", line.c_str(), final_line ? "\n" : "");
     } else if (final_line) {

@@ -23,7 +23,8 @@ void copy_values(const char* src, DType dtype, size_t n, float* dst) {
         std::memcpy(dst, src, n * sizeof(float));
     } else {
         const double* wide = reinterpret_cast<const double*>(src);
-        for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(wide[i]);
+        for (size_t i = 0; i < n; ++i)
+            dst[i] = static_cast<float>(wide[i]);
     }
 }
 
@@ -50,7 +51,8 @@ CheckpointWriter::CheckpointWriter(Backend& backend, size_t staging_bytes) : bac
             }
         }
     }
-    for (Slot& slot : slots_) slot.staging = backend_.make_staging_buffer(staging_bytes);
+    for (Slot& slot : slots_)
+        slot.staging = backend_.make_staging_buffer(staging_bytes);
     thread_ = std::thread([this] { run(); });
 }
 
@@ -60,12 +62,14 @@ CheckpointWriter::~CheckpointWriter() {
         stopping_ = true;
     }
     changed_.notify_all();
-    if (thread_.joinable()) thread_.join();
+    if (thread_.joinable())
+        thread_.join();
 }
 
 bool CheckpointWriter::busy() const {
     for (const Slot& slot : slots_) {
-        if (slot.state != SlotState::kFree) return true;
+        if (slot.state != SlotState::kFree)
+            return true;
     }
     return false;
 }
@@ -89,9 +93,11 @@ uint64_t CheckpointWriter::submit(CheckpointJob job, const std::vector<StagingRe
                 }
             }
             for (Slot& s : slots_) {
-                if (slot == nullptr && s.state == SlotState::kFree) slot = &s;
+                if (slot == nullptr && s.state == SlotState::kFree)
+                    slot = &s;
             }
-            if (slot != nullptr) break;
+            if (slot != nullptr)
+                break;
             // One write in flight and one waiting for another file: wait for the one in flight.
             if (!counted_wait) {
                 ++stats_.waited;
@@ -132,7 +138,8 @@ Status CheckpointWriter::wait(uint64_t id) {
     std::unique_lock<std::mutex> lock(mutex_);
     changed_.wait(lock, [&] { return unfinished_.count(id) == 0; });
     auto it = finished_.find(id);
-    if (it == finished_.end()) return Status::ok();  // asynchronous, replaced or reported
+    if (it == finished_.end())
+        return Status::ok();  // asynchronous, replaced or reported
     Status s = it->second;
     finished_.erase(it);
     return s;
@@ -157,7 +164,8 @@ Status CheckpointWriter::last_status(const std::string& path) const {
         return it == last_by_path_.end() ? Status::ok() : it->second;
     }
     for (const auto& [p, s] : last_by_path_) {
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     return Status::ok();
 }
@@ -181,7 +189,8 @@ void CheckpointWriter::run() {
             }
             return next != nullptr || (stopping_ && !busy());
         });
-        if (next == nullptr) return;
+        if (next == nullptr)
+            return;
         next->state = SlotState::kWriting;
         lock.unlock();
 
@@ -209,17 +218,20 @@ void CheckpointWriter::finish(uint64_t id, const std::string& path, bool synchro
         return;
     }
     if (!status.is_ok()) {
-        if (first_failure_.is_ok()) first_failure_ = status;
-        std::fprintf(stderr, "kiln: warning: checkpoint not written: %s (training goes on; the "
-                     "previous %s, if any, is unchanged)\n", status.message().c_str(),
-                     path.c_str());
+        if (first_failure_.is_ok())
+            first_failure_ = status;
+        std::fprintf(stderr,
+                     "kiln: warning: checkpoint not written: %s (training goes on; the "
+                     "previous %s, if any, is unchanged)\n",
+                     status.message().c_str(), path.c_str());
     }
 }
 
 Status CheckpointWriter::write(Slot& slot) {
     CheckpointJob& job = slot.job;
     try {
-        if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+        if (delay_ms_ > 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
         const int64_t attempt = ++attempts_;
         const bool inject = fail_all_ || fail_writes_.count(attempt) > 0;
 
@@ -244,12 +256,13 @@ Status CheckpointWriter::write(Slot& slot) {
         if (job.state && job.state->optimizer_slots > 0) {
             TrainingState& st = *job.state;
             int64_t per_slot = 0;
-            for (const auto& range : job.trainable_ranges) per_slot += range.second;
+            for (const auto& range : job.trainable_ranges)
+                per_slot += range.second;
             st.optimizer_state.resize(static_cast<size_t>(per_slot * st.optimizer_slots));
             float* out = st.optimizer_state.data();
             for (int k = 0; k < st.optimizer_slots; ++k) {
-                const char* base = host + job.state_offset +
-                                   static_cast<size_t>(k * job.n_params) * element;
+                const char* base =
+                    host + job.state_offset + static_cast<size_t>(k * job.n_params) * element;
                 for (const auto& [offset, count] : job.trainable_ranges) {
                     copy_values(base + static_cast<size_t>(offset) * element, job.dtype,
                                 static_cast<size_t>(count), out);
@@ -270,7 +283,8 @@ Status CheckpointWriter::write(Slot& slot) {
 
         // 3. The file, published atomically.
         auto fault = [&]() -> Status {
-            if (!inject) return Status::ok();
+            if (!inject)
+                return Status::ok();
             return Status::io_error("injected failure (" + std::string(kFaultVariable) +
                                     ") of write " + std::to_string(attempt));
         };

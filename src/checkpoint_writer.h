@@ -44,7 +44,7 @@ struct CheckpointJob {
     // save()/save_weights(): the caller waits for the result and reports it; no warning.
     bool synchronous = false;
 
-    SavedModel model;  // config and training config; the writer fills the weights
+    SavedModel model;                    // config and training config; the writer fills the weights
     std::optional<TrainingState> state;  // the writer fills optimizer_state
 
     // Where each weight is in the staged bytes.
@@ -63,7 +63,7 @@ struct CheckpointJob {
 };
 
 class CheckpointWriter {
-public:
+  public:
     // `staging_bytes` is the size of each of the two staging buffers.
     CheckpointWriter(Backend& backend, size_t staging_bytes);
     // Writes whatever is queued, then stops the thread.
@@ -84,7 +84,7 @@ public:
     Status last_status(const std::string& path) const;
     CheckpointStats stats() const;
 
-private:
+  private:
     enum class SlotState { kFree, kFilling, kWaiting, kWriting };
     struct Slot {
         std::unique_ptr<StagingBuffer> staging;

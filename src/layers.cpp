@@ -18,12 +18,13 @@ ActivationSpec activation_or_throw(const std::string& name, const std::string& l
 }
 
 const char* const kInitializers[] = {"glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
-                               "lecun_uniform", "lecun_normal", "zeros", "ones",
-                               "random_uniform", "random_normal"};
+                                     "lecun_uniform",  "lecun_normal",  "zeros",      "ones",
+                                     "random_uniform", "random_normal"};
 
 void check_initializer(const std::string& name, const std::string& layer) {
     for (const char* known : kInitializers) {
-        if (name == known) return;
+        if (name == known)
+            return;
     }
     throw Error("layer '" + layer + "': unknown initializer '" + name + "'");
 }
@@ -38,9 +39,9 @@ using detail::check_initializer;
 // ---- Dense -------------------------------------------------------------------------------
 // y = act(x · kernel + bias), kernel (in, units) as Keras stores it.
 class DenseLayer final : public Layer {
-public:
-    DenseLayer(int64_t units, const std::string& activation, bool use_bias,
-               std::string kernel_init, std::string bias_init)
+  public:
+    DenseLayer(int64_t units, const std::string& activation, bool use_bias, std::string kernel_init,
+               std::string bias_init)
         : units_(units),
           activation_name_(activation),
           use_bias_(use_bias),
@@ -50,7 +51,8 @@ public:
     std::string class_name() const override { return "Dense"; }
 
     Shape build(const Shape& input_shape) override {
-        if (units_ <= 0) throw Error("Dense '" + name_ + "': units must be positive");
+        if (units_ <= 0)
+            throw Error("Dense '" + name_ + "': units must be positive");
         act_ = activation_or_throw(activation_name_, name_);
         check_initializer(kernel_init_, name_);
         check_initializer(bias_init_, name_);
@@ -65,7 +67,8 @@ public:
 
     std::vector<ParamInfo> param_info() const override {
         std::vector<ParamInfo> info{{"kernel", {input_shape_[0], units_}, kernel_init_}};
-        if (use_bias_) info.push_back({"bias", {units_}, bias_init_});
+        if (use_bias_)
+            info.push_back({"bias", {units_}, bias_init_});
         return info;
     }
 
@@ -85,7 +88,8 @@ public:
         const View z = pre_activation(y);
         ctx.backend->gemm(false, false, n, units_, in, 1.0f, x, params_[0], 0.0f, z);
         ActivationSpec act = act_;
-        if (fused_output_ && ctx.want_logits) act.kind = Activation::kLinear;
+        if (fused_output_ && ctx.want_logits)
+            act.kind = Activation::kLinear;
         const View bias = use_bias_ ? params_[1] : View{nullptr, x.dtype, {}};
         ctx.backend->bias_activation_forward(z, bias, y, n, units_, act);
     }
@@ -99,8 +103,10 @@ public:
             b.activation_backward(pre_activation(y), y, dy, dy, n, units_, act_);
         }
         b.gemm(true, false, in, units_, n, 1.0f, x, dy, 0.0f, grads_[0]);  // dkernel = xᵀ dz
-        if (use_bias_) b.bias_grad(dy, grads_[1], n, units_);
-        if (dx.data) b.gemm(false, true, n, in, units_, 1.0f, dy, params_[0], 0.0f, dx);
+        if (use_bias_)
+            b.bias_grad(dy, grads_[1], n, units_);
+        if (dx.data)
+            b.gemm(false, true, n, in, units_, 1.0f, dy, params_[0], 0.0f, dx);
     }
 
     LayerConfig config() const override {
@@ -117,9 +123,10 @@ public:
 
     Activation final_activation() const override { return act_.kind; }
 
-private:
+  private:
     View pre_activation(const View& y) const {
-        if (!z_.defined()) return y;
+        if (!z_.defined())
+            return y;
         View z = z_.view();
         z.shape = y.shape;
         return z;
@@ -135,7 +142,7 @@ private:
 
 // ---- Activation --------------------------------------------------------------------------
 class ActivationLayer final : public Layer {
-public:
+  public:
     explicit ActivationLayer(std::string activation) : activation_name_(std::move(activation)) {}
 
     std::string class_name() const override { return "Activation"; }
@@ -148,16 +155,18 @@ public:
 
     void forward(const StepContext& ctx, const View& x, const View& y, int64_t n) override {
         ActivationSpec act = act_;
-        if (fused_output_ && ctx.want_logits) act.kind = Activation::kLinear;
+        if (fused_output_ && ctx.want_logits)
+            act.kind = Activation::kLinear;
         ctx.backend->bias_activation_forward(x, View{nullptr, x.dtype, {}}, y, n, width(), act);
     }
 
     void backward(const StepContext& ctx, const View& x, const View& y, const View& dy,
                   const View& dx, int64_t n) override {
-        if (!dx.data) return;
+        if (!dx.data)
+            return;
         if (fused_output_) {
-            ctx.backend->copy(dx.data, dy.data, static_cast<size_t>(n * width()) *
-                                                    dtype_size(dy.dtype));
+            ctx.backend->copy(dx.data, dy.data,
+                              static_cast<size_t>(n * width()) * dtype_size(dy.dtype));
             return;
         }
         ctx.backend->activation_backward(x, y, dy, dx, n, width(), act_);
@@ -173,7 +182,7 @@ public:
 
     Activation final_activation() const override { return act_.kind; }
 
-private:
+  private:
     int64_t width() const { return shape_elements(input_shape_); }
 
     std::string activation_name_;
@@ -183,7 +192,7 @@ private:
 // ---- Dropout -----------------------------------------------------------------------------
 // Inverted dropout, in training only: kept units are scaled by 1 / (1 - rate).
 class DropoutLayer final : public Layer {
-public:
+  public:
     DropoutLayer(float rate, int64_t seed) : rate_(rate), seed_(seed) {}
 
     std::string class_name() const override { return "Dropout"; }
@@ -212,14 +221,16 @@ public:
         // The draw depends on (seed, step): reproducible, and different every step. A layer
         // without its own seed derives one from the model's seed and its name.
         uint64_t seed = seed_ >= 0 ? static_cast<uint64_t>(seed_) : ctx.seed;
-        for (char ch : name_) seed = seed * 131 + static_cast<unsigned char>(ch);
+        for (char ch : name_)
+            seed = seed * 131 + static_cast<unsigned char>(ch);
         ctx.backend->dropout_forward(x, y, mask_.view(), count, rate_, seed, ctx.step);
     }
 
     void backward(const StepContext& ctx, const View& x, const View& y, const View& dy,
                   const View& dx, int64_t n) override {
         (void)x, (void)y;
-        if (!dx.data) return;
+        if (!dx.data)
+            return;
         const int64_t count = n * shape_elements(input_shape_);
         if (rate_ == 0.0f) {
             ctx.backend->copy(dx.data, dy.data, static_cast<size_t>(count) * dtype_size(dy.dtype));
@@ -237,7 +248,7 @@ public:
         return c;
     }
 
-private:
+  private:
     float rate_;
     int64_t seed_;
     Tensor mask_;
@@ -246,7 +257,7 @@ private:
 // ---- Flatten -----------------------------------------------------------------------------
 // Row-major (channels-last) order, as Keras flattens: the bytes do not move.
 class FlattenLayer final : public Layer {
-public:
+  public:
     std::string class_name() const override { return "Flatten"; }
 
     Shape build(const Shape& input_shape) override {
@@ -283,8 +294,8 @@ LayerPtr layer_from_config(const LayerConfig& c) {
         layer = std::make_shared<FlattenLayer>();
     } else if (!(layer = detail::image_layer_from_config(c))) {
         throw Error("layer '" + c.name + "': kiln has no layer class '" + c.class_name +
-                    "' (it has Dense, Activation, Dropout, Flatten, " +
-                    detail::kImageLayerClasses + ")");
+                    "' (it has Dense, Activation, Dropout, Flatten, " + detail::kImageLayerClasses +
+                    ")");
     }
     layer->set_name(c.name);
     return layer;

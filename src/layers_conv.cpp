@@ -27,8 +27,10 @@ std::string pair_string(const std::array<int64_t, 2>& p) {
 }
 
 Padding padding_or_throw(const std::string& padding, const std::string& where) {
-    if (padding == "valid") return Padding::kValid;
-    if (padding == "same") return Padding::kSame;
+    if (padding == "valid")
+        return Padding::kValid;
+    if (padding == "same")
+        return Padding::kSame;
     throw Error(where + ": padding must be 'valid' or 'same', got '" + padding + "'");
 }
 
@@ -59,29 +61,35 @@ void fill_value(Backend& backend, const View& v, double value) {
     }
 }
 
-View null_view(DType dtype) { return View{nullptr, dtype, {}}; }
+View null_view(DType dtype) {
+    return View{nullptr, dtype, {}};
+}
 
 // ---- Conv2D ---------------------------------------------------------------------------------
 // y = act(x ⋆ kernel + bias), kernel (KH, KW, C, F) as Keras stores it.
 class Conv2DLayer final : public Layer {
-public:
+  public:
     explicit Conv2DLayer(LayerConfig config) : c_(std::move(config)) {
-        if (c_.strides[0] == 0 && c_.strides[1] == 0) c_.strides = {1, 1};
+        if (c_.strides[0] == 0 && c_.strides[1] == 0)
+            c_.strides = {1, 1};
     }
 
     std::string class_name() const override { return "Conv2D"; }
 
     Shape build(const Shape& input_shape) override {
         const std::string where = "Conv2D '" + name_ + "'";
-        if (c_.filters <= 0) throw Error(where + ": filters must be positive");
+        if (c_.filters <= 0)
+            throw Error(where + ": filters must be positive");
         require_positive(c_.kernel_size, "kernel_size", where);
         require_positive(c_.strides, "strides", where);
         require_positive(c_.dilation_rate, "dilation_rate", where);
         // Keras refuses the combination (TensorFlow's convolution does not implement it).
         if (std::max(c_.strides[0], c_.strides[1]) > 1 &&
             std::max(c_.dilation_rate[0], c_.dilation_rate[1]) > 1) {
-            throw Error(where + ": strides > 1 is not supported together with dilation_rate > 1 "
-                        "(strides " + pair_string(c_.strides) + ", dilation_rate " +
+            throw Error(where +
+                        ": strides > 1 is not supported together with dilation_rate > 1 "
+                        "(strides " +
+                        pair_string(c_.strides) + ", dilation_rate " +
                         pair_string(c_.dilation_rate) + "), as in Keras");
         }
         const Padding padding = padding_or_throw(c_.padding, where);
@@ -124,7 +132,8 @@ public:
     std::vector<ParamInfo> param_info() const override {
         std::vector<ParamInfo> info{
             {"kernel", {g_.kernel_h, g_.kernel_w, g_.in_c, g_.out_c}, c_.kernel_initializer}};
-        if (c_.use_bias) info.push_back({"bias", {g_.out_c}, c_.bias_initializer});
+        if (c_.use_bias)
+            info.push_back({"bias", {g_.out_c}, c_.bias_initializer});
         return info;
     }
 
@@ -141,7 +150,8 @@ public:
         Backend& b = *ctx.backend;
         const Conv2DGeometry g = geometry(n);
         ActivationSpec act = act_;
-        if (fused_output_ && ctx.want_logits) act.kind = Activation::kLinear;
+        if (fused_output_ && ctx.want_logits)
+            act.kind = Activation::kLinear;
         const View bias = c_.use_bias ? params_[1] : null_view(x.dtype);
         // Bias and activation in the convolution, unless the activation is a softmax or needs
         // its input kept for the backward pass (GELU): then they follow as their own op.
@@ -164,8 +174,10 @@ public:
             b.activation_backward(pre_activation(y), y, dy, dy, rows, g.out_c, act_);
         }
         b.conv2d_backward_filter(g, x, dy, grads_[0]);
-        if (c_.use_bias) b.bias_grad(dy, grads_[1], rows, g.out_c);
-        if (dx.data) b.conv2d_backward_data(g, dy, params_[0], dx);
+        if (c_.use_bias)
+            b.bias_grad(dy, grads_[1], rows, g.out_c);
+        if (dx.data)
+            b.conv2d_backward_data(g, dy, params_[0], dx);
     }
 
     LayerConfig config() const override {
@@ -180,7 +192,7 @@ public:
         return g_.out_h * g_.out_w == 1 ? act_.kind : Activation::kLinear;
     }
 
-private:
+  private:
     Conv2DGeometry geometry(int64_t n) const {
         Conv2DGeometry g = g_;
         g.batch = n;
@@ -188,7 +200,8 @@ private:
     }
 
     View pre_activation(const View& y) const {
-        if (!z_.defined()) return y;
+        if (!z_.defined())
+            return y;
         View z = z_.view();
         z.shape = y.shape;
         return z;
@@ -202,10 +215,11 @@ private:
 
 // ---- MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D --------------------------------
 class Pool2DLayer final : public Layer {
-public:
+  public:
     Pool2DLayer(LayerConfig config, PoolKind kind, bool global)
         : c_(std::move(config)), kind_(kind), global_(global) {
-        if (!global_ && c_.strides[0] == 0 && c_.strides[1] == 0) c_.strides = c_.pool_size;
+        if (!global_ && c_.strides[0] == 0 && c_.strides[1] == 0)
+            c_.strides = c_.pool_size;
     }
 
     std::string class_name() const override { return c_.class_name; }
@@ -257,7 +271,8 @@ public:
 
     void backward(const StepContext& ctx, const View& x, const View& y, const View& dy,
                   const View& dx, int64_t n) override {
-        if (dx.data) ctx.backend->pool2d_backward(geometry(n), x, y, dy, dx);
+        if (dx.data)
+            ctx.backend->pool2d_backward(geometry(n), x, y, dy, dx);
     }
 
     LayerConfig config() const override {
@@ -266,7 +281,7 @@ public:
         return c;
     }
 
-private:
+  private:
     Pool2DGeometry geometry(int64_t n) const {
         Pool2DGeometry g = g_;
         g.batch = n;
@@ -284,21 +299,22 @@ private:
 // the moving ones. Without scale (center), gamma (beta) is a constant one (zero) the layer keeps
 // and its gradient goes to a spare buffer.
 class BatchNormLayer final : public Layer {
-public:
+  public:
     explicit BatchNormLayer(LayerConfig config) : c_(std::move(config)) {}
 
     std::string class_name() const override { return "BatchNormalization"; }
 
     Shape build(const Shape& input_shape) override {
         const std::string where = "BatchNormalization '" + name_ + "'";
-        if (input_shape.empty()) throw Error(where + ": needs an input with a feature axis");
+        if (input_shape.empty())
+            throw Error(where + ": needs an input with a feature axis");
         // Keras counts the batch axis: the last axis of a (H, W, C) sample is 3.
         const int64_t last = static_cast<int64_t>(input_shape.size());
         if (c_.axis != -1 && c_.axis != last) {
             throw Error(where + ": axis " + std::to_string(c_.axis) +
                         " is not supported; kiln normalises the last axis (-1 or " +
-                        std::to_string(last) + " for inputs of shape " +
-                        shape_string(input_shape) + ")");
+                        std::to_string(last) + " for inputs of shape " + shape_string(input_shape) +
+                        ")");
         }
         if (!(c_.momentum >= 0.0f && c_.momentum <= 1.0f)) {
             throw Error(where + ": momentum must be in [0, 1], got " + std::to_string(c_.momentum));
@@ -306,9 +322,9 @@ public:
         if (!(c_.epsilon > 0.0f)) {
             throw Error(where + ": epsilon must be positive, got " + std::to_string(c_.epsilon));
         }
-        for (const std::string* init : {&c_.gamma_initializer, &c_.beta_initializer,
-                                        &c_.moving_mean_initializer,
-                                        &c_.moving_variance_initializer}) {
+        for (const std::string* init :
+             {&c_.gamma_initializer, &c_.beta_initializer, &c_.moving_mean_initializer,
+              &c_.moving_variance_initializer}) {
             check_initializer(*init, name_);
         }
         channels_ = input_shape.back();
@@ -319,8 +335,10 @@ public:
     // Keras's order: gamma, beta, then the non-trainable moving_mean and moving_variance.
     std::vector<ParamInfo> param_info() const override {
         std::vector<ParamInfo> info;
-        if (c_.scale) info.push_back({"gamma", {channels_}, c_.gamma_initializer});
-        if (c_.center) info.push_back({"beta", {channels_}, c_.beta_initializer});
+        if (c_.scale)
+            info.push_back({"gamma", {channels_}, c_.gamma_initializer});
+        if (c_.center)
+            info.push_back({"beta", {channels_}, c_.beta_initializer});
         info.push_back({"moving_mean", {channels_}, c_.moving_mean_initializer, false});
         info.push_back({"moving_variance", {channels_}, c_.moving_variance_initializer, false});
         return info;
@@ -395,7 +413,7 @@ public:
         return c;
     }
 
-private:
+  private:
     BatchNormGeometry geometry(int64_t n) const {
         BatchNormGeometry g;
         g.rows = n * (shape_elements(input_shape_) / channels_);
@@ -407,9 +425,7 @@ private:
 
     // Views in param_info() order.
     View gamma() const { return c_.scale ? params_[0] : ones_.view(); }
-    View beta() const {
-        return c_.center ? params_[c_.scale ? 1 : 0] : zeros_.view();
-    }
+    View beta() const { return c_.center ? params_[c_.scale ? 1 : 0] : zeros_.view(); }
     size_t moving_index() const { return size_t(c_.scale) + size_t(c_.center); }
     View moving_mean() const { return params_[moving_index()]; }
     View moving_variance() const { return params_[moving_index() + 1]; }
@@ -427,14 +443,15 @@ private:
 // ---- Reshape ----------------------------------------------------------------------------------
 // The bytes do not move: the output is the input seen with another shape.
 class ReshapeLayer final : public Layer {
-public:
+  public:
     explicit ReshapeLayer(LayerConfig config) : c_(std::move(config)) {}
 
     std::string class_name() const override { return "Reshape"; }
 
     Shape build(const Shape& input_shape) override {
         const std::string where = "Reshape '" + name_ + "'";
-        if (c_.target_shape.empty()) throw Error(where + ": target_shape is empty");
+        if (c_.target_shape.empty())
+            throw Error(where + ": target_shape is empty");
         const int64_t elements = shape_elements(input_shape);
         int64_t known = 1, unknown = -1;
         for (size_t i = 0; i < c_.target_shape.size(); ++i) {
@@ -458,9 +475,8 @@ public:
         }
         if (shape_elements(out) != elements) {
             throw Error(where + ": cannot reshape " + shape_string(input_shape) + " (" +
-                        std::to_string(elements) + " values) to " +
-                        shape_string(c_.target_shape) + " (" +
-                        std::to_string(shape_elements(out)) + " values)");
+                        std::to_string(elements) + " values) to " + shape_string(c_.target_shape) +
+                        " (" + std::to_string(shape_elements(out)) + " values)");
         }
         input_shape_ = input_shape;
         output_shape_ = out;
@@ -478,7 +494,7 @@ public:
         return c;
     }
 
-private:
+  private:
     LayerConfig c_;
 };
 
@@ -491,7 +507,8 @@ bool is_image_layer_class(const std::string& class_name) {
 }
 
 LayerPtr image_layer_from_config(const LayerConfig& c) {
-    if (c.class_name == "Conv2D") return std::make_shared<Conv2DLayer>(c);
+    if (c.class_name == "Conv2D")
+        return std::make_shared<Conv2DLayer>(c);
     if (c.class_name == "MaxPooling2D") {
         return std::make_shared<Pool2DLayer>(c, PoolKind::kMax, false);
     }
@@ -501,8 +518,10 @@ LayerPtr image_layer_from_config(const LayerConfig& c) {
     if (c.class_name == "GlobalAveragePooling2D") {
         return std::make_shared<Pool2DLayer>(c, PoolKind::kAverage, true);
     }
-    if (c.class_name == "BatchNormalization") return std::make_shared<BatchNormLayer>(c);
-    if (c.class_name == "Reshape") return std::make_shared<ReshapeLayer>(c);
+    if (c.class_name == "BatchNormalization")
+        return std::make_shared<BatchNormLayer>(c);
+    if (c.class_name == "Reshape")
+        return std::make_shared<ReshapeLayer>(c);
     return nullptr;
 }
 
@@ -529,9 +548,9 @@ Status image_layer_weights(const LayerConfig& config, Shape* shape,
 
 namespace layers {
 
-LayerPtr Conv2D(int64_t filters, std::array<int64_t, 2> kernel_size,
-                const std::string& activation, std::array<int64_t, 2> strides,
-                const std::string& padding, std::array<int64_t, 2> dilation_rate, bool use_bias,
+LayerPtr Conv2D(int64_t filters, std::array<int64_t, 2> kernel_size, const std::string& activation,
+                std::array<int64_t, 2> strides, const std::string& padding,
+                std::array<int64_t, 2> dilation_rate, bool use_bias,
                 const std::string& kernel_initializer, const std::string& bias_initializer,
                 const std::string& name) {
     LayerConfig c;

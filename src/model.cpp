@@ -7,8 +7,8 @@
 #include "kiln/model.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -30,14 +30,17 @@ namespace {
 // every view is aligned for vector loads.
 constexpr int64_t kParamAlignment = 16;
 
-int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+int64_t align_up(int64_t n, int64_t a) {
+    return (n + a - 1) / a * a;
+}
 
 // Keras's naming.to_snake_case: "Dense" -> "dense", "Conv2D" -> "conv2d",
 // "BatchNormalization" -> "batch_normalization", "MaxPooling2D" -> "max_pooling2d".
 std::string snake_case(const std::string& class_name) {
     std::string out = std::regex_replace(class_name, std::regex("(.)([A-Z][a-z]+)"), "$1_$2");
     out = std::regex_replace(out, std::regex("([a-z])([A-Z])"), "$1_$2");
-    for (char& ch : out) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    for (char& ch : out)
+        ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     return out;
 }
 
@@ -56,7 +59,8 @@ Fans compute_fans(const Shape& shape) {
     } else if (shape.size() > 2) {
         // Convolution kernels (..., in, out): the receptive field multiplies both fans.
         double receptive = 1;
-        for (size_t i = 0; i + 2 < shape.size(); ++i) receptive *= static_cast<double>(shape[i]);
+        for (size_t i = 0; i + 2 < shape.size(); ++i)
+            receptive *= static_cast<double>(shape[i]);
         f.in = static_cast<double>(shape[shape.size() - 2]) * receptive;
         f.out = static_cast<double>(shape[shape.size() - 1]) * receptive;
     }
@@ -76,7 +80,8 @@ double normal(uint64_t seed, uint64_t stream, uint64_t i, bool truncated) {
         const double u1 = 1.0 - uniform53(seed, stream, k);  // in (0, 1]
         const double u2 = uniform53(seed, stream, k + 1);
         const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-        if (!truncated || std::fabs(z) <= 2.0 || attempt == 63) return z;
+        if (!truncated || std::fabs(z) <= 2.0 || attempt == 63)
+            return z;
     }
 }
 
@@ -175,13 +180,16 @@ Sequential::Sequential(const ModelConfig& config) : name_(config.name) {
     build();
 }
 
-Sequential::~Sequential() { release_device_state(); }
+Sequential::~Sequential() {
+    release_device_state();
+}
 
 void Sequential::release_device_state() {
     // Queued checkpoints are written first (one may stage from a snapshot slot); the writer's
     // staging buffers belong to the backend.
     writer_.reset();
-    if (snapshots_) snapshots_->release_all();
+    if (snapshots_)
+        snapshots_->release_all();
     for (auto& layer : layers_) {
         layer->release_buffers();
         layer->bind({}, {});
@@ -195,21 +203,25 @@ void Sequential::release_device_state() {
 }
 
 void Sequential::build() {
-    if (input_shape_.empty()) throw Error("model '" + name_ + "': the input shape is empty");
+    if (input_shape_.empty())
+        throw Error("model '" + name_ + "': the input shape is empty");
     for (int64_t d : input_shape_) {
         if (d <= 0) {
             throw Error("model '" + name_ + "': invalid input shape " + shape_string(input_shape_));
         }
     }
-    if (layers_.empty()) throw Error("model '" + name_ + "' has no layers");
+    if (layers_.empty())
+        throw Error("model '" + name_ + "' has no layers");
     // Keras's automatic names: dense, dense_1, dense_2, ...
     std::map<std::string, int> seen;
     for (const auto& layer : layers_) {
-        if (!layer->name().empty()) seen[layer->name()]++;
+        if (!layer->name().empty())
+            seen[layer->name()]++;
     }
     std::map<std::string, int> counters;
     for (auto& layer : layers_) {
-        if (!layer->name().empty()) continue;
+        if (!layer->name().empty())
+            continue;
         const std::string base = snake_case(layer->class_name());
         std::string candidate;
         do {
@@ -220,16 +232,21 @@ void Sequential::build() {
         layer->set_name(candidate);
     }
     for (const auto& [layer_name, count] : seen) {
-        if (count > 1) throw Error("model '" + name_ + "': two layers are named '" + layer_name + "'");
+        if (count > 1)
+            throw Error("model '" + name_ + "': two layers are named '" + layer_name + "'");
     }
     Shape shape = input_shape_;
-    for (auto& layer : layers_) shape = layer->build(shape);
+    for (auto& layer : layers_)
+        shape = layer->build(shape);
 }
 
-const Shape& Sequential::output_shape() const { return layers_.back()->output_shape(); }
+const Shape& Sequential::output_shape() const {
+    return layers_.back()->output_shape();
+}
 
 Backend& Sequential::backend() const {
-    if (!backend_) throw Error("model '" + name_ + "' is not compiled: call compile() first");
+    if (!backend_)
+        throw Error("model '" + name_ + "' is not compiled: call compile() first");
     return *backend_;
 }
 
@@ -258,10 +275,12 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
     // A final softmax before a categorical cross-entropy, or a sigmoid before a binary one, is
     // left to the loss, which differentiates the pair in one stable step (p - y).
     const Activation last = layers_.back()->final_activation();
-    spec.fused_output = !loss.from_logits &&
-                        ((categorical && last == Activation::kSoftmax) ||
-                         (loss.kind == LossKind::kBinaryCrossentropy && last == Activation::kSigmoid));
-    for (auto& layer : layers_) layer->set_fused_output(false);
+    spec.fused_output =
+        !loss.from_logits &&
+        ((categorical && last == Activation::kSoftmax) ||
+         (loss.kind == LossKind::kBinaryCrossentropy && last == Activation::kSigmoid));
+    for (auto& layer : layers_)
+        layer->set_fused_output(false);
     layers_.back()->set_fused_output(spec.fused_output);
 
     BackendSelection selection = select_backend(options.device);
@@ -272,7 +291,8 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
     release_device_state();
     backend_ = std::move(selection.backend);
     device_message_ = selection.message;
-    if (options.log) std::fprintf(options.log, "kiln: %s\n", device_message_.c_str());
+    if (options.log)
+        std::fprintf(options.log, "kiln: %s\n", device_message_.c_str());
     dtype_ = options.dtype;
     optimizer_ = optimizer;
     loss_ = loss;
@@ -325,14 +345,14 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
 }
 
 void Sequential::ensure_buffers(int64_t batch) {
-    if (buffers_ && buffers_->capacity >= batch) return;
+    if (buffers_ && buffers_->capacity >= batch)
+        return;
     Backend& b = backend();
     auto buf = std::make_unique<Buffers>();
     buf->capacity = batch;
     const int64_t inputs = shape_elements(input_shape_);
-    const int64_t target_cols = loss_.kind == LossKind::kSparseCategoricalCrossentropy
-                                    ? 1
-                                    : shape_elements(output_shape());
+    const int64_t target_cols =
+        loss_.kind == LossKind::kSparseCategoricalCrossentropy ? 1 : shape_elements(output_shape());
     buf->x = Tensor(b, {batch, inputs}, dtype_);
     buf->y = Tensor(b, {batch, target_cols}, dtype_);
     int64_t widest = inputs;
@@ -378,7 +398,8 @@ void Sequential::backward(const StepContext& ctx, int64_t n) {
     View spare = buffers_->grad_b.view();
     for (size_t k = layers_.size(); k-- > 0;) {
         Layer& layer = *layers_[k];
-        if (layer.aliases_input()) continue;  // same bytes, same gradient
+        if (layer.aliases_input())
+            continue;  // same bytes, same gradient
         View dx = k == 0 ? View{nullptr, dtype_, {}} : spare;
         View out = buffers_->output_views[k].first_rows(n);
         layer.backward(ctx, layer_inputs_[k], out, dy, dx, n);
@@ -388,7 +409,8 @@ void Sequential::backward(const StepContext& ctx, int64_t n) {
 
 void Sequential::check_inputs(const data::Array& x, const char* what) const {
     const int64_t per_sample = shape_elements(input_shape_);
-    if (x.rows() == 0) throw Error(std::string(what) + " (" + x.source + ") has no samples");
+    if (x.rows() == 0)
+        throw Error(std::string(what) + " (" + x.source + ") has no samples");
     if (x.cols() != per_sample) {
         throw Error(std::string(what) + " (" + x.source + "): each sample has " +
                     std::to_string(x.cols()) + " values, but model '" + name_ +
@@ -406,8 +428,10 @@ void Sequential::check_targets(const data::Array& y, int64_t rows, const char* w
     const int64_t outputs = shape_elements(output_shape());
     if (loss_.kind == LossKind::kSparseCategoricalCrossentropy) {
         if (y.cols() != 1) {
-            throw Error(where + ": sparse_categorical_crossentropy takes one class index per "
-                        "sample, got " + std::to_string(y.cols()) + " columns");
+            throw Error(where +
+                        ": sparse_categorical_crossentropy takes one class index per "
+                        "sample, got " +
+                        std::to_string(y.cols()) + " columns");
         }
         for (int64_t r = 0; r < rows; ++r) {
             const float v = y.values[static_cast<size_t>(r)];
@@ -462,13 +486,13 @@ namespace {
 
 // Runs a function when the scope ends, however it ends.
 class ScopeExit {
-public:
+  public:
     explicit ScopeExit(std::function<void()> f) : f_(std::move(f)) {}
     ~ScopeExit() { f_(); }
     ScopeExit(const ScopeExit&) = delete;
     ScopeExit& operator=(const ScopeExit&) = delete;
 
-private:
+  private:
     std::function<void()> f_;
 };
 
@@ -479,7 +503,8 @@ std::vector<std::string> unique_state_keys(const std::vector<CallbackPtr>& callb
     std::map<std::string, int> seen;
     for (const auto& cb : callbacks) {
         std::string key = cb->state_key();
-        if (!key.empty() && ++seen[key] > 1) key += "#" + std::to_string(seen[key]);
+        if (!key.empty() && ++seen[key] > 1)
+            key += "#" + std::to_string(seen[key]);
         keys.push_back(key);
     }
     return keys;
@@ -487,7 +512,8 @@ std::vector<std::string> unique_state_keys(const std::vector<CallbackPtr>& callb
 
 void restore_callbacks_state(const std::vector<CallbackPtr>& callbacks,
                              const std::vector<std::string>& keys, const std::string& json) {
-    if (json.empty()) return;
+    if (json.empty())
+        return;
     const auto state = nlohmann::json::parse(json, nullptr, false);
     if (state.is_discarded() || !state.is_object()) {
         throw Error("fit: the callbacks' state to resume from is not a JSON object");
@@ -495,8 +521,10 @@ void restore_callbacks_state(const std::vector<CallbackPtr>& callbacks,
     for (const auto& [key, value] : state.items()) {
         const auto it = std::find(keys.begin(), keys.end(), key);
         if (it == keys.end()) {
-            std::fprintf(stderr, "kiln: resuming: the checkpoint holds the state of callback "
-                         "'%s', which this fit does not have; it is ignored\n", key.c_str());
+            std::fprintf(stderr,
+                         "kiln: resuming: the checkpoint holds the state of callback "
+                         "'%s', which this fit does not have; it is ignored\n",
+                         key.c_str());
             continue;
         }
         callbacks[size_t(it - keys.begin())]->restore_state(value.dump());
@@ -507,9 +535,11 @@ void restore_callbacks_state(const std::vector<CallbackPtr>& callbacks,
 
 std::string Sequential::callbacks_state_json() const {
     nlohmann::json state = nlohmann::json::object();
-    if (!active_callbacks_) return state.dump();
+    if (!active_callbacks_)
+        return state.dump();
     for (size_t i = 0; i < active_callbacks_->size(); ++i) {
-        if (active_state_keys_[i].empty()) continue;
+        if (active_state_keys_[i].empty())
+            continue;
         const std::string text = (*active_callbacks_)[i]->state_json();
         auto j = nlohmann::json::parse(text, nullptr, false);
         if (j.is_discarded() || !j.is_object()) {
@@ -525,7 +555,8 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     Backend& b = backend();
 
     // Check everything before any work starts.
-    if (args.batch_size <= 0) throw Error("fit: batch_size must be positive");
+    if (args.batch_size <= 0)
+        throw Error("fit: batch_size must be positive");
     if (args.epochs < 0 || args.initial_epoch < 0 || args.initial_epoch > args.epochs) {
         throw Error("fit: need 0 <= initial_epoch <= epochs, got initial_epoch " +
                     std::to_string(args.initial_epoch) + ", epochs " + std::to_string(args.epochs));
@@ -556,8 +587,8 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
             std::floor(static_cast<double>(x.rows()) * (1.0 - args.validation_split)));
         n_val = x.rows() - n_train;
         if (n_val == 0 || n_train == 0) {
-            throw Error("fit: validation_split " + std::to_string(args.validation_split) +
-                        " of " + std::to_string(x.rows()) + " samples leaves " +
+            throw Error("fit: validation_split " + std::to_string(args.validation_split) + " of " +
+                        std::to_string(x.rows()) + " samples leaves " +
                         (n_val == 0 ? "no validation samples" : "no training samples"));
         }
         val_x = x.values.data() + n_train * in;
@@ -570,11 +601,13 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     const int64_t steps = (n_train + args.batch_size - 1) / args.batch_size;
     auto history = std::make_shared<History>();
     std::vector<CallbackPtr> callbacks;
-    if (args.verbose > 0) callbacks.push_back(std::make_shared<ProgbarLogger>());
+    if (args.verbose > 0)
+        callbacks.push_back(std::make_shared<ProgbarLogger>());
     callbacks.insert(callbacks.end(), args.callbacks.begin(), args.callbacks.end());
     callbacks.push_back(history);
     for (const auto& cb : callbacks) {
-        if (!cb) throw Error("fit: a callback is null");
+        if (!cb)
+            throw Error("fit: a callback is null");
     }
     FitParams params;
     params.epochs = args.epochs;
@@ -589,7 +622,8 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         cb->set_params(params);
         want_batch_logs = want_batch_logs || cb->wants_batch_logs();
     }
-    for (const auto& cb : callbacks) cb->validate(params);
+    for (const auto& cb : callbacks)
+        cb->validate(params);
     active_callbacks_ = &callbacks;
     active_state_keys_ = unique_state_keys(callbacks);
     const ScopeExit inactive([this] {
@@ -602,12 +636,13 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     std::string resumed_state = args.resume_callbacks_state_json;
     for (auto& cb : callbacks) {
         if (std::optional<ResumePoint> point = cb->resume_point()) {
-            std::fprintf(stderr, "kiln: resuming from %s: epoch %d of %d\n",
-                         point->source.c_str(), point->epoch + 1, args.epochs);
+            std::fprintf(stderr, "kiln: resuming from %s: epoch %d of %d\n", point->source.c_str(),
+                         point->epoch + 1, args.epochs);
             first_epoch = point->epoch;
             resumed_state = point->callbacks_state_json;
             params.initial_epoch = first_epoch;
-            for (auto& c : callbacks) c->set_params(params);
+            for (auto& c : callbacks)
+                c->set_params(params);
             break;
         }
     }
@@ -628,43 +663,50 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     Tensor perm(b, {n_train}, DType::kInt32);
     if (!args.shuffle) {
         std::vector<int32_t> identity(static_cast<size_t>(n_train));
-        for (int64_t i = 0; i < n_train; ++i) identity[static_cast<size_t>(i)] = int32_t(i);
+        for (int64_t i = 0; i < n_train; ++i)
+            identity[static_cast<size_t>(i)] = int32_t(i);
         perm.copy_from_host(identity.data());
     }
 
     stop_training = false;
     // What decides the data order, for checkpoints (a resumed run needs the same).
-    fit_args_json_ = nlohmann::json{{"epochs", args.epochs},
-                                    {"batch_size", args.batch_size},
-                                    {"validation_split", args.validation_split},
-                                    {"validation_data", args.validation_data.has_value()},
-                                    {"shuffle", args.shuffle}}
-                         .dump();
+    fit_args_json_ = nlohmann::json{
+        {"epochs", args.epochs},
+        {"batch_size", args.batch_size},
+        {"validation_split", args.validation_split},
+        {"validation_data", args.validation_data.has_value()},
+        {"shuffle",
+         args.shuffle}}.dump();
     // The run's history keeps the epochs before this fit starts (a resumed run's).
     {
         const History before = run_history_;
         run_history_.on_train_begin(Logs());
         for (size_t i = 0; i < before.epoch.size() && before.epoch[i] < first_epoch; ++i) {
             Logs past;
-            for (const std::string& key : before.keys) past.set(key, before.history.at(key)[i]);
+            for (const std::string& key : before.keys)
+                past.set(key, before.history.at(key)[i]);
             run_history_.on_epoch_end(before.epoch[i], past);
         }
         epochs_completed_ = first_epoch;
         batches_in_epoch_ = 0;
     }
     Logs logs;
-    for (auto& cb : callbacks) cb->on_train_begin(logs);
+    for (auto& cb : callbacks)
+        cb->on_train_begin(logs);
     const View acc = buffers_->acc.view();
     const View x_buf = buffers_->x.view(), y_buf = buffers_->y.view();
     for (int epoch = first_epoch; epoch < args.epochs && !stop_training; ++epoch) {
-        for (auto& cb : callbacks) cb->on_epoch_begin(epoch, Logs());
-        if (args.shuffle) b.permutation(perm.view(), n_train, seed_, uint64_t(epoch));
+        for (auto& cb : callbacks)
+            cb->on_epoch_begin(epoch, Logs());
+        if (args.shuffle)
+            b.permutation(perm.view(), n_train, seed_, uint64_t(epoch));
         b.fill_zero(acc);
 
         for (int64_t step = 0; step < steps; ++step) {
             const int64_t offset = step * args.batch_size;
             const int64_t rows = std::min(args.batch_size, n_train - offset);
-            for (auto& cb : callbacks) cb->on_train_batch_begin(step, Logs());
+            for (auto& cb : callbacks)
+                cb->on_train_batch_begin(step, Logs());
             b.gather_rows(x_train.view(), perm.view(), offset, rows, in, x_buf);
             b.gather_rows(y_train.view(), perm.view(), offset, rows, yc, y_buf);
             train_step(rows);
@@ -676,13 +718,17 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
                     batch_logs = logs_from(running, 0, "");
                 }
             }
-            for (auto& cb : callbacks) cb->on_train_batch_end(step, batch_logs);
-            for (auto& cb : callbacks) cb->after_train_batch_end(step, batch_logs);
-            if (stop_training) break;  // Keras leaves the epoch's steps at once (TerminateOnNaN)
+            for (auto& cb : callbacks)
+                cb->on_train_batch_end(step, batch_logs);
+            for (auto& cb : callbacks)
+                cb->after_train_batch_end(step, batch_logs);
+            if (stop_training)
+                break;  // Keras leaves the epoch's steps at once (TerminateOnNaN)
         }
 
         if (n_val > 0) {
-            for (auto& cb : callbacks) cb->on_test_begin(Logs());
+            for (auto& cb : callbacks)
+                cb->on_test_begin(Logs());
             evaluate_on_device(x_val.view(), y_val.view(), n_val, args.batch_size,
                                AccumulatorSlots::kPerSet);
         }
@@ -692,22 +738,30 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         logs = logs_from(sums, 0, "");
         if (n_val > 0) {
             const Logs val = logs_from(sums, AccumulatorSlots::kPerSet, "val_");
-            for (auto& cb : callbacks) cb->on_test_end(val);
-            for (const auto& [key, value] : val.items()) logs.set(key, value);
+            for (auto& cb : callbacks)
+                cb->on_test_end(val);
+            for (const auto& [key, value] : val.items())
+                logs.set(key, value);
         }
-        for (auto& cb : callbacks) cb->add_to_logs(epoch, &logs);
+        for (auto& cb : callbacks)
+            cb->add_to_logs(epoch, &logs);
         // What a checkpoint taken by the callbacks below records.
         epochs_completed_ = epoch + 1;
         batches_in_epoch_ = 0;
         run_history_.on_epoch_end(epoch, logs);
-        for (auto& cb : callbacks) cb->on_epoch_end(epoch, logs);
-        for (auto& cb : callbacks) cb->after_epoch_end(epoch, logs);
+        for (auto& cb : callbacks)
+            cb->on_epoch_end(epoch, logs);
+        for (auto& cb : callbacks)
+            cb->after_epoch_end(epoch, logs);
     }
     // Every requested checkpoint is on disk before on_train_end (which may delete files the
     // writer has yet to write) and before fit returns.
-    if (writer_) writer_->wait_idle();
-    for (auto& cb : callbacks) cb->on_train_end(logs);
-    if (writer_) writer_->wait_idle();
+    if (writer_)
+        writer_->wait_idle();
+    for (auto& cb : callbacks)
+        cb->on_train_end(logs);
+    if (writer_)
+        writer_->wait_idle();
     return *history;
 }
 
@@ -736,7 +790,8 @@ void Sequential::train_step(int64_t rows) {
 Logs Sequential::evaluate(const data::Array& x, const data::Array& y, int64_t batch_size,
                           int verbose) {
     Backend& b = backend();
-    if (batch_size <= 0) throw Error("evaluate: batch_size must be positive");
+    if (batch_size <= 0)
+        throw Error("evaluate: batch_size must be positive");
     check_inputs(x, "x");
     check_targets(y, x.rows(), "y");
     const int64_t in = shape_elements(input_shape_);
@@ -757,7 +812,8 @@ Logs Sequential::evaluate(const data::Array& x, const data::Array& y, int64_t ba
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         std::string line = std::to_string(steps) + "/" + std::to_string(steps) + " [" +
                            std::string(30, '=') + "] - " + std::to_string(long(seconds)) + "s";
-        for (const auto& [key, value] : logs.items()) line += " - " + key + ": " + format_metric(value);
+        for (const auto& [key, value] : logs.items())
+            line += " - " + key + ": " + format_metric(value);
         std::printf("%s\n", line.c_str());
     }
     return logs;
@@ -765,7 +821,8 @@ Logs Sequential::evaluate(const data::Array& x, const data::Array& y, int64_t ba
 
 data::Array Sequential::predict(const data::Array& x, int64_t batch_size) {
     Backend& b = backend();
-    if (batch_size <= 0) throw Error("predict: batch_size must be positive");
+    if (batch_size <= 0)
+        throw Error("predict: batch_size must be positive");
     check_inputs(x, "x");
     const int64_t in = shape_elements(input_shape_);
     const int64_t outputs = shape_elements(output_shape());
@@ -828,8 +885,12 @@ std::vector<double> read_doubles(Backend& b, const Tensor& t) {
 
 }  // namespace
 
-std::vector<double> Sequential::flat_parameters() const { return read_doubles(backend(), params_); }
-std::vector<double> Sequential::flat_gradients() const { return read_doubles(backend(), grads_); }
+std::vector<double> Sequential::flat_parameters() const {
+    return read_doubles(backend(), params_);
+}
+std::vector<double> Sequential::flat_gradients() const {
+    return read_doubles(backend(), grads_);
+}
 
 void Sequential::set_flat_parameters(const std::vector<double>& values) {
     if (static_cast<int64_t>(values.size()) != n_params_) {
@@ -846,14 +907,19 @@ void Sequential::set_flat_parameters(const std::vector<double>& values) {
 
 // ---- weights -----------------------------------------------------------------------------
 
-View Sequential::parameters() const { return params_.view(); }
-size_t Sequential::parameter_bytes() const { return params_.bytes(); }
+View Sequential::parameters() const {
+    return params_.view();
+}
+size_t Sequential::parameter_bytes() const {
+    return params_.bytes();
+}
 
 int64_t Sequential::count_params(bool trainable_only) const {
     int64_t n = 0;
     for (const auto& layer : layers_) {
         for (const ParamInfo& p : layer->param_info()) {
-            if (p.trainable || !trainable_only) n += shape_elements(p.shape);
+            if (p.trainable || !trainable_only)
+                n += shape_elements(p.shape);
         }
     }
     return n;
@@ -891,11 +957,13 @@ void Sequential::set_weights(const std::vector<LayerWeights>& weights) {
     // Keras pairs the layers that have weights, in order.
     std::vector<const LayerWeights*> given;
     for (const auto& lw : weights) {
-        if (!lw.weights.empty()) given.push_back(&lw);
+        if (!lw.weights.empty())
+            given.push_back(&lw);
     }
     std::vector<Layer*> mine;
     for (const auto& layer : layers_) {
-        if (!layer->param_info().empty()) mine.push_back(layer.get());
+        if (!layer->param_info().empty())
+            mine.push_back(layer.get());
     }
     if (given.size() != mine.size()) {
         throw Error("set_weights: model '" + name_ + "' has " + std::to_string(mine.size()) +
@@ -939,18 +1007,21 @@ ModelConfig Sequential::config() const {
     input.name = "input_layer";
     input.input_shape = input_shape_;
     c.layers.push_back(input);
-    for (const auto& layer : layers_) c.layers.push_back(layer->config());
+    for (const auto& layer : layers_)
+        c.layers.push_back(layer->config());
     return c;
 }
 
 std::string Sequential::summary() const {
     auto with_commas = [](int64_t n) {
         std::string s = std::to_string(n);
-        for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
+        for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3)
+            s.insert(size_t(i), ",");
         return s;
     };
     auto pad = [](std::string s, size_t width) {
-        if (s.size() < width) s += std::string(width - s.size(), ' ');
+        if (s.size() < width)
+            s += std::string(width - s.size(), ' ');
         return s;
     };
     // The first column as wide as Keras's (29), or wider when a name and class need it
@@ -962,15 +1033,17 @@ std::string Sequential::summary() const {
     std::ostringstream out;
     const std::string rule(first + 36, '_'), double_rule(first + 36, '=');
     out << "Model: \"" << name_ << "\"\n" << rule << "\n";
-    out << pad(" Layer (type)", first) << pad("Output Shape", 26) << "Param #\n" << double_rule
-        << "\n";
+    out << pad(" Layer (type)", first) << pad("Output Shape", 26) << "Param #\n"
+        << double_rule << "\n";
     for (const auto& layer : layers_) {
         Shape shape = layer->output_shape();
         std::string shape_text = "(None";
-        for (int64_t d : shape) shape_text += ", " + std::to_string(d);
+        for (int64_t d : shape)
+            shape_text += ", " + std::to_string(d);
         shape_text += ")";
         int64_t n = 0;
-        for (const ParamInfo& p : layer->param_info()) n += shape_elements(p.shape);
+        for (const ParamInfo& p : layer->param_info())
+            n += shape_elements(p.shape);
         out << pad(" " + layer->name() + " (" + layer->class_name() + ")", first)
             << pad(shape_text, 26) << n << "\n";
     }
@@ -984,7 +1057,8 @@ std::string Sequential::summary() const {
 
 std::string Sequential::training_config_json() const {
     nlohmann::json metrics = nlohmann::json::array();
-    if (!metric_name_.empty()) metrics.push_back(metric_name_);
+    if (!metric_name_.empty())
+        metrics.push_back(metric_name_);
     nlohmann::json loss = loss_.name();
     if (loss_.from_logits) {
         // A loss with arguments is written as Keras serialises a loss object.
@@ -1028,11 +1102,11 @@ uint64_t Sequential::submit_checkpoint(const CheckpointRequest& request, bool sy
         const auto infos = layer->param_info();
         for (size_t j = 0; j < infos.size(); ++j) {
             const Tensor& home = infos[j].trainable ? params_ : nontrainable_;
-            const size_t offset = static_cast<size_t>(
-                static_cast<const char*>(layer->params()[j].data) -
-                static_cast<const char*>(home.data()));
-            weights.push_back({infos[j].name, infos[j].shape,
-                               (infos[j].trainable ? 0 : fixed_at) + offset});
+            const size_t offset =
+                static_cast<size_t>(static_cast<const char*>(layer->params()[j].data) -
+                                    static_cast<const char*>(home.data()));
+            weights.push_back(
+                {infos[j].name, infos[j].shape, (infos[j].trainable ? 0 : fixed_at) + offset});
             if (infos[j].trainable) {
                 job.trainable_ranges.emplace_back(static_cast<int64_t>(offset / element),
                                                   shape_elements(infos[j].shape));
@@ -1064,8 +1138,8 @@ uint64_t Sequential::submit_checkpoint(const CheckpointRequest& request, bool sy
     st.learning_rate = optimizer_.hyper.learning_rate;
     st.optimizer = optimizer_.class_name();
     st.optimizer_slots = live ? optimizer_state_slots(optimizer_.hyper) : 0;
-    st.callbacks_state_json = request.callbacks_state_json.empty() ? "{}"
-                                                                   : request.callbacks_state_json;
+    st.callbacks_state_json =
+        request.callbacks_state_json.empty() ? "{}" : request.callbacks_state_json;
     st.fit_args_json = fit_args_json_;
     st.batch = live ? batches_in_epoch_ : 0;
     st.history_epochs = run_history_.epoch;
@@ -1076,7 +1150,8 @@ uint64_t Sequential::submit_checkpoint(const CheckpointRequest& request, bool sy
 
     std::vector<StagingRegion> regions = {{0, trainable_src, params_.bytes()},
                                           {fixed_at, fixed_src, nontrainable_.bytes()}};
-    if (live) regions.push_back({job.state_offset, opt_state_.data(), opt_state_.bytes()});
+    if (live)
+        regions.push_back({job.state_offset, opt_state_.data(), opt_state_.bytes()});
     return checkpoint_writer().submit(std::move(job), regions);
 }
 
@@ -1085,7 +1160,8 @@ Status Sequential::request_checkpoint(const CheckpointRequest& request) {
         return Status::invalid_argument(request.path + ": model '" + name_ +
                                         "' is not compiled; nothing to checkpoint");
     }
-    if (request.path.empty()) return Status::invalid_argument("a checkpoint request needs a path");
+    if (request.path.empty())
+        return Status::invalid_argument("a checkpoint request needs a path");
     if (request.weights_only != is_weights_file_name(request.path)) {
         return Status::invalid_argument(
             request.path + (request.weights_only
@@ -1110,7 +1186,8 @@ Status Sequential::request_checkpoint(const CheckpointRequest& request) {
 }
 
 Status Sequential::wait_for_checkpoints() {
-    if (!writer_) return Status::ok();
+    if (!writer_)
+        return Status::ok();
     writer_->wait_idle();
     return writer_->take_first_failure();
 }
@@ -1126,7 +1203,8 @@ CheckpointStats Sequential::checkpoint_stats() const {
 Status Sequential::save(const std::string& path) const {
     backend();  // throws for a model that is not compiled
     if (is_weights_file_name(path)) {
-        return Status::invalid_argument(path + ": a full model file must not be named "
+        return Status::invalid_argument(path +
+                                        ": a full model file must not be named "
                                         "*.weights.h5 (use save_weights)");
     }
     CheckpointRequest request;
@@ -1137,7 +1215,8 @@ Status Sequential::save(const std::string& path) const {
 Status Sequential::save_weights(const std::string& path) const {
     backend();
     if (!is_weights_file_name(path)) {
-        return Status::invalid_argument(path + ": save_weights needs a name ending in "
+        return Status::invalid_argument(path +
+                                        ": save_weights needs a name ending in "
                                         ".weights.h5, as Keras 3 does");
     }
     CheckpointRequest request;
@@ -1153,35 +1232,39 @@ Status Sequential::apply_weights(const CheckpointContents& contents, const std::
     } else {
         // Keras's keys for this model's layers, matched to the file's groups.
         std::vector<std::string> classes;
-        for (const auto& layer : layers_) classes.push_back(layer->class_name());
+        for (const auto& layer : layers_)
+            classes.push_back(layer->class_name());
         const std::vector<std::string> keys = keras_weight_keys(classes);
         for (const LayerWeights& group : contents.keras_layers) {
             if (!group.weights.empty() &&
                 std::find(keys.begin(), keys.end(), group.layer_name) == keys.end()) {
-                return Status::invalid_argument(
-                    path + ": the file has weights for layers/" + group.layer_name +
-                    ", which model '" + name_ + "' does not have (its layers are " +
-                    [&] {
-                        std::string all;
-                        for (const auto& k : keys) all += (all.empty() ? "" : ", ") + k;
-                        return all;
-                    }() + ")");
+                return Status::invalid_argument(path + ": the file has weights for layers/" +
+                                                group.layer_name + ", which model '" + name_ +
+                                                "' does not have (its layers are " +
+                                                [&] {
+                                                    std::string all;
+                                                    for (const auto& k : keys)
+                                                        all += (all.empty() ? "" : ", ") + k;
+                                                    return all;
+                                                }() +
+                                                ")");
             }
         }
         for (size_t i = 0; i < layers_.size(); ++i) {
             const auto infos = layers_[i]->param_info();
             const LayerWeights* group = nullptr;
             for (const LayerWeights& g : contents.keras_layers) {
-                if (g.layer_name == keys[i]) group = &g;
+                if (g.layer_name == keys[i])
+                    group = &g;
             }
             LayerWeights lw;
             lw.layer_name = layers_[i]->name();
-            const std::string where = path + ": layer '" + layers_[i]->name() + "' (layers/" +
-                                      keys[i] + ")";
+            const std::string where =
+                path + ": layer '" + layers_[i]->name() + "' (layers/" + keys[i] + ")";
             const size_t given = group ? group->weights.size() : 0;
             if (given != infos.size()) {
-                return Status::invalid_argument(where + ": the file has " +
-                                                std::to_string(given) + " weights, the layer " +
+                return Status::invalid_argument(where + ": the file has " + std::to_string(given) +
+                                                " weights, the layer " +
                                                 std::to_string(infos.size()));
             }
             for (size_t j = 0; j < infos.size(); ++j) {
@@ -1210,23 +1293,28 @@ Status Sequential::load_weights(const std::string& path) {
     backend();
     CheckpointContents contents;
     Status s = load_checkpoint(path, &contents);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     return apply_weights(contents, path);
 }
 
 Status Sequential::restore_training_state(const std::string& path, TrainingState* state) {
     Backend& b = backend();
-    if (writer_) writer_->wait_idle();  // the file may be one of ours, still being written
+    if (writer_)
+        writer_->wait_idle();  // the file may be one of ours, still being written
     CheckpointContents contents;
     Status s = load_checkpoint(path, &contents);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (!contents.training) {
-        return Status::invalid_argument(path + ": has no kiln training state to resume from "
+        return Status::invalid_argument(path +
+                                        ": has no kiln training state to resume from "
                                         "(not written by kiln); load_weights reads its weights");
     }
     const TrainingState& st = *contents.training;
     if (!st.resumable) {
-        return Status::invalid_argument(path + ": holds a snapshot of the weights (such as the "
+        return Status::invalid_argument(path +
+                                        ": holds a snapshot of the weights (such as the "
                                         "best ones), which does not go with the optimizer's "
                                         "state; resume from a checkpoint of the live weights");
     }
@@ -1243,7 +1331,8 @@ Status Sequential::restore_training_state(const std::string& path, TrainingState
             std::to_string(slots) + " slots of " + std::to_string(n_trainable));
     }
     s = apply_weights(contents, path);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     // The optimizer's state, back into the padded flat layout.
     if (slots > 0) {
@@ -1253,11 +1342,11 @@ Status Sequential::restore_training_state(const std::string& path, TrainingState
             for (const auto& layer : layers_) {
                 const auto infos = layer->param_info();
                 for (size_t j = 0; j < infos.size(); ++j) {
-                    if (!infos[j].trainable) continue;
-                    const int64_t offset =
-                        (static_cast<const char*>(layer->params()[j].data) -
-                         static_cast<const char*>(params_.data())) /
-                        static_cast<int64_t>(dtype_size(dtype_));
+                    if (!infos[j].trainable)
+                        continue;
+                    const int64_t offset = (static_cast<const char*>(layer->params()[j].data) -
+                                            static_cast<const char*>(params_.data())) /
+                                           static_cast<int64_t>(dtype_size(dtype_));
                     const int64_t count = shape_elements(infos[j].shape);
                     std::copy(in, in + count, padded.begin() + k * n_params_ + offset);
                     in += count;
@@ -1280,18 +1369,21 @@ Status Sequential::restore_training_state(const std::string& path, TrainingState
     batches_in_epoch_ = 0;
     fit_args_json_ = st.fit_args_json;
     if (st.batch != 0) {
-        std::fprintf(stderr, "kiln: warning: %s was written after batch %lld of epoch %d; a "
+        std::fprintf(stderr,
+                     "kiln: warning: %s was written after batch %lld of epoch %d; a "
                      "resumed fit redoes that epoch from its start (as Keras's BackupAndRestore "
-                     "does), so it will not match a run that never stopped\n", path.c_str(),
-                     static_cast<long long>(st.batch), st.epoch + 1);
+                     "does), so it will not match a run that never stopped\n",
+                     path.c_str(), static_cast<long long>(st.batch), st.epoch + 1);
     }
     run_history_.on_train_begin(Logs());
     for (size_t i = 0; i < st.history_epochs.size(); ++i) {
         Logs past;
-        for (const auto& [key, values] : st.history) past.set(key, values[i]);
+        for (const auto& [key, values] : st.history)
+            past.set(key, values[i]);
         run_history_.on_epoch_end(st.history_epochs[i], past);
     }
-    if (state) *state = st;
+    if (state)
+        *state = st;
     return Status::ok();
 }
 
@@ -1299,7 +1391,8 @@ std::unique_ptr<Sequential> load_model(const std::string& path, const CompileOpt
     CheckpointContents contents;
     throw_if_error(load_checkpoint(path, &contents));
     if (!contents.has_config) {
-        throw Error(path + ": a weights-only file holds no model config (unless kiln wrote it); "
+        throw Error(path +
+                    ": a weights-only file holds no model config (unless kiln wrote it); "
                     "build the model and call load_weights");
     }
     const SavedModel& saved = contents.model;
@@ -1324,14 +1417,17 @@ std::unique_ptr<Sequential> load_model(const std::string& path, const CompileOpt
         metrics.clear();
         if (tc.contains("metrics") && tc["metrics"].is_array()) {
             for (const auto& m : tc["metrics"]) {
-                if (m.is_string()) metrics.push_back(m.get<std::string>());
+                if (m.is_string())
+                    metrics.push_back(m.get<std::string>());
             }
         }
         if (tc.contains("optimizer_config") && tc["optimizer_config"].is_object()) {
             const auto& oc = tc["optimizer_config"];
             std::string cls = oc.value("class_name", "Adam");
-            for (char& ch : cls) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-            if (cls.rfind("custom>", 0) == 0) cls = cls.substr(7);
+            for (char& ch : cls)
+                ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+            if (cls.rfind("custom>", 0) == 0)
+                cls = cls.substr(7);
             const auto cfg = oc.value("config", nlohmann::json::object());
             optimizer = optimizer_from_name(cls, cfg.value("learning_rate", -1.0));
             OptimizerStep& h = optimizer.hyper;

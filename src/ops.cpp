@@ -31,24 +31,35 @@ bool parse_activation(const std::string& name, ActivationSpec* out) {
 
 std::string activation_name(Activation kind) {
     switch (kind) {
-        case Activation::kLinear: return "linear";
-        case Activation::kRelu: return "relu";
-        case Activation::kSigmoid: return "sigmoid";
-        case Activation::kTanh: return "tanh";
-        case Activation::kSoftmax: return "softmax";
-        case Activation::kGelu: return "gelu";
-        case Activation::kElu: return "elu";
-        case Activation::kLeakyRelu: return "leaky_relu";
+        case Activation::kLinear:
+            return "linear";
+        case Activation::kRelu:
+            return "relu";
+        case Activation::kSigmoid:
+            return "sigmoid";
+        case Activation::kTanh:
+            return "tanh";
+        case Activation::kSoftmax:
+            return "softmax";
+        case Activation::kGelu:
+            return "gelu";
+        case Activation::kElu:
+            return "elu";
+        case Activation::kLeakyRelu:
+            return "leaky_relu";
     }
     return "linear";
 }
 
 int optimizer_state_slots(const OptimizerStep& step) {
     switch (step.kind) {
-        case OptimizerKind::kSGD: return step.momentum != 0.0f ? 1 : 0;
+        case OptimizerKind::kSGD:
+            return step.momentum != 0.0f ? 1 : 0;
         case OptimizerKind::kAdam:
-        case OptimizerKind::kAdamW: return 2;
-        case OptimizerKind::kRMSprop: return 3;  // velocity, momentum, average gradient
+        case OptimizerKind::kAdamW:
+            return 2;
+        case OptimizerKind::kRMSprop:
+            return 3;  // velocity, momentum, average gradient
     }
     return 0;
 }

@@ -12,10 +12,14 @@ namespace kiln {
 
 std::string Optimizer::class_name() const {
     switch (hyper.kind) {
-        case OptimizerKind::kSGD: return "SGD";
-        case OptimizerKind::kAdam: return "Adam";
-        case OptimizerKind::kAdamW: return "AdamW";
-        case OptimizerKind::kRMSprop: return "RMSprop";
+        case OptimizerKind::kSGD:
+            return "SGD";
+        case OptimizerKind::kAdam:
+            return "Adam";
+        case OptimizerKind::kAdamW:
+            return "AdamW";
+        case OptimizerKind::kRMSprop:
+            return "RMSprop";
     }
     return "";
 }
@@ -30,7 +34,8 @@ std::string Optimizer::config_json() const {
     };
     nlohmann::json config;
     std::string lowercase = class_name();
-    for (char& ch : lowercase) ch = static_cast<char>(std::tolower(ch));
+    for (char& ch : lowercase)
+        ch = static_cast<char>(std::tolower(ch));
     config["name"] = lowercase;
     config["learning_rate"] = f(hyper.learning_rate);
     switch (hyper.kind) {
@@ -70,7 +75,8 @@ Optimizer optimizer_from_name(const std::string& name, double learning_rate) {
     } else {
         throw Error("unknown optimizer '" + name + "' (kiln has sgd, adam, adamw, rmsprop)");
     }
-    if (learning_rate >= 0.0) opt.hyper.learning_rate = static_cast<float>(learning_rate);
+    if (learning_rate >= 0.0)
+        opt.hyper.learning_rate = static_cast<float>(learning_rate);
     return opt;
 }
 

@@ -19,7 +19,9 @@ namespace {
 
 using testing::random_values;
 
-std::unique_ptr<Backend> cuda_or_skip(std::string* why) { return make_cuda_backend(why); }
+std::unique_ptr<Backend> cuda_or_skip(std::string* why) {
+    return make_cuda_backend(why);
+}
 
 // Stage a buffer, overwrite it at once with queued ops, then wait: the staged bytes are the
 // old ones, and the staging counted no blocking read. Repeated into the same staging buffer,
@@ -27,7 +29,8 @@ std::unique_ptr<Backend> cuda_or_skip(std::string* why) { return make_cuda_backe
 TEST(CheckpointCuda, StagingSeesTheStateAtTheRequest) {
     std::string why;
     std::unique_ptr<Backend> b = cuda_or_skip(&why);
-    if (!b) GTEST_SKIP() << why;
+    if (!b)
+        GTEST_SKIP() << why;
     const size_t n = size_t{1} << 22;  // 16 MiB: the transfer takes long enough to race
     Tensor a(*b, {int64_t(n)}), c(*b, {int64_t(n)});
     auto staging = b->make_staging_buffer(2 * n * sizeof(float));
@@ -52,7 +55,7 @@ TEST(CheckpointCuda, StagingSeesTheStateAtTheRequest) {
 // Records the weights at each epoch's end with a blocking read, and requests a checkpoint of the
 // same moment; the files must hold exactly those weights.
 class Recorder : public Callback {
-public:
+  public:
     explicit Recorder(std::string dir) : dir_(std::move(dir)) {}
     void on_epoch_end(int epoch, const Logs&) override {
         CheckpointRequest r;
@@ -66,13 +69,14 @@ public:
     std::vector<std::vector<LayerWeights>> weights;
     std::vector<std::string> paths;
 
-private:
+  private:
     std::string dir_;
 };
 
 TEST(CheckpointCuda, FitCheckpointsHoldTheWeightsOfTheirEpoch) {
     std::string why;
-    if (!cuda_or_skip(&why)) GTEST_SKIP() << why;
+    if (!cuda_or_skip(&why))
+        GTEST_SKIP() << why;
     testing::TempDir dir;
     Sequential m({layers::Dense(64, "relu"), layers::Dropout(0.2f), layers::Dense(3, "softmax")},
                  layers::Input({6}));
@@ -110,11 +114,11 @@ TEST(CheckpointCuda, FitCheckpointsHoldTheWeightsOfTheirEpoch) {
     }
 
     // And a resume on the GPU continues from the file: the same step count and weights.
-    Sequential resumed({layers::Dense(64, "relu"), layers::Dropout(0.2f),
-                        layers::Dense(3, "softmax")},
-                       layers::Input({6}));
-    resumed.compile(optimizers::Adam(0.01f), losses::SparseCategoricalCrossentropy(),
-                    {"accuracy"}, o);
+    Sequential resumed(
+        {layers::Dense(64, "relu"), layers::Dropout(0.2f), layers::Dense(3, "softmax")},
+        layers::Input({6}));
+    resumed.compile(optimizers::Adam(0.01f), losses::SparseCategoricalCrossentropy(), {"accuracy"},
+                    o);
     TrainingState st;
     ASSERT_TRUE(resumed.restore_training_state(recorder->paths[3], &st).is_ok());
     EXPECT_EQ(resumed.iterations(), m.iterations());

@@ -94,12 +94,13 @@ FitArgs fit_args(int epochs, int initial_epoch = 0) {
 
 // Requests a checkpoint at the end of the chosen epochs (all when none are chosen).
 class Checkpointer : public Callback {
-public:
+  public:
     Checkpointer(std::function<std::string(int)> path_for, std::set<int> epochs = {})
         : path_for_(std::move(path_for)), epochs_(std::move(epochs)) {}
 
     void on_epoch_end(int epoch, const Logs&) override {
-        if (!epochs_.empty() && !epochs_.count(epoch)) return;
+        if (!epochs_.empty() && !epochs_.count(epoch))
+            return;
         CheckpointRequest r;
         r.path = path_for_(epoch);
         r.weights_only = is_weights_file_name(r.path);
@@ -115,7 +116,8 @@ public:
         // finished this request, so that every request is one write.
         while (settle) {
             const CheckpointStats st = model_->checkpoint_stats();
-            if (st.written + st.failed + st.replaced >= st.requested) break;
+            if (st.written + st.failed + st.replaced >= st.requested)
+                break;
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
     }
@@ -125,16 +127,17 @@ public:
     std::vector<double> request_seconds;
     std::vector<std::chrono::steady_clock::time_point> epoch_end_times;
 
-private:
+  private:
     std::function<std::string(int)> path_for_;
     std::set<int> epochs_;
 };
 
 // Sets an environment variable for the scope.
 class ScopedEnv {
-public:
+  public:
     ScopedEnv(const char* name, const std::string& value) : name_(name) {
-        if (const char* old = std::getenv(name)) old_ = old;
+        if (const char* old = std::getenv(name))
+            old_ = old;
         setenv(name, value.c_str(), 1);
     }
     ~ScopedEnv() {
@@ -145,7 +148,7 @@ public:
         }
     }
 
-private:
+  private:
     const char* name_;
     std::string old_;
 };
@@ -166,11 +169,14 @@ private:
 }
 
 ::testing::AssertionResult same_history(const History& a, const History& b) {
-    if (a.epoch != b.epoch) return ::testing::AssertionFailure() << "epochs differ";
-    if (a.keys != b.keys) return ::testing::AssertionFailure() << "keys differ";
+    if (a.epoch != b.epoch)
+        return ::testing::AssertionFailure() << "epochs differ";
+    if (a.keys != b.keys)
+        return ::testing::AssertionFailure() << "keys differ";
     for (const std::string& key : a.keys) {
         auto r = same_doubles(a.history.at(key), b.history.at(key));
-        if (!r) return ::testing::AssertionFailure() << key << ": " << r.message();
+        if (!r)
+            return ::testing::AssertionFailure() << key << ": " << r.message();
     }
     return ::testing::AssertionSuccess();
 }
@@ -178,14 +184,16 @@ private:
 std::vector<float> flatten(const std::vector<LayerWeights>& weights) {
     std::vector<float> out;
     for (const auto& lw : weights) {
-        for (const auto& a : lw.weights) out.insert(out.end(), a.values.begin(), a.values.end());
+        for (const auto& a : lw.weights)
+            out.insert(out.end(), a.values.begin(), a.values.end());
     }
     return out;
 }
 
 std::vector<std::string> entries(const std::string& dir) {
     std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename());
+    for (const auto& e : fs::directory_iterator(dir))
+        names.push_back(e.path().filename());
     std::sort(names.begin(), names.end());
     return names;
 }
@@ -198,10 +206,12 @@ struct Output {
 Output run(const std::string& command) {
     Output r;
     FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-    if (!pipe) return r;
+    if (!pipe)
+        return r;
     std::array<char, 4096> buf;
     size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
+        r.output.append(buf.data(), n);
     const int raw = pclose(pipe);
     r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
     return r;
@@ -259,11 +269,11 @@ TEST(CheckpointFiles, RoundTripsGiveIdenticalPredictions) {
     ASSERT_TRUE(trained->save_weights(dir.file("m.weights.h5")).is_ok());
 
     auto from_full = load_model(dir.file("m.h5"), cpu());
-    EXPECT_TRUE(same_doubles(std::vector<double>(expected.values.begin(), expected.values.end()),
-                             [&] {
-                                 const auto p = from_full->predict(data.x).values;
-                                 return std::vector<double>(p.begin(), p.end());
-                             }()));
+    EXPECT_TRUE(
+        same_doubles(std::vector<double>(expected.values.begin(), expected.values.end()), [&] {
+            const auto p = from_full->predict(data.x).values;
+            return std::vector<double>(p.begin(), p.end());
+        }()));
     auto fresh = small_model(/*seed=*/99);  // other initial weights
     ASSERT_TRUE(fresh->load_weights(dir.file("m.weights.h5")).is_ok());
     EXPECT_EQ(fresh->predict(data.x).values, expected.values);
@@ -289,9 +299,9 @@ TEST(CheckpointFiles, WrongNamesAndMismatchesAreErrors) {
     ASSERT_TRUE(m->save_weights(dir.file("m.weights.h5")).is_ok());
 
     // Another architecture: the error names the layer and both shapes.
-    Sequential other({layers::Dense(16, "relu"), layers::Dense(5, "tanh"),
-                      layers::Dense(3, "softmax")},
-                     layers::Input({6}));
+    Sequential other(
+        {layers::Dense(16, "relu"), layers::Dense(5, "tanh"), layers::Dense(3, "softmax")},
+        layers::Input({6}));
     other.compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {}, cpu());
     const Status s = other.load_weights(dir.file("m.weights.h5"));
     ASSERT_FALSE(s.is_ok());
@@ -300,8 +310,7 @@ TEST(CheckpointFiles, WrongNamesAndMismatchesAreErrors) {
     EXPECT_NE(s.message().find("(16, 8)"), std::string::npos) << s.message();
 
     // A model with fewer Dense layers: the file's extra group is named.
-    Sequential fewer({layers::Dense(16, "relu"), layers::Dense(3, "softmax")},
-                     layers::Input({6}));
+    Sequential fewer({layers::Dense(16, "relu"), layers::Dense(3, "softmax")}, layers::Input({6}));
     fewer.compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {}, cpu());
     const Status s2 = fewer.load_weights(dir.file("m.weights.h5"));
     ASSERT_FALSE(s2.is_ok());
@@ -336,8 +345,8 @@ TEST(CheckpointResume, IsBitExactOnTheCpu) {
         TempDir dir;
         const Toy data = toy(200);
         auto whole = small_model(/*seed=*/7);
-        auto saver = std::make_shared<Checkpointer>([&](int) { return dir.file(name); },
-                                                    std::set<int>{1});
+        auto saver =
+            std::make_shared<Checkpointer>([&](int) { return dir.file(name); }, std::set<int>{1});
         FitArgs args = fit_args(4);
         args.callbacks = {saver};
         const History full = whole->fit(data.x, data.y, args);
@@ -423,8 +432,7 @@ TEST(CheckpointResume, RefusesWhatCannotResume) {
 // ---- checksums ------------------------------------------------------------------------------
 
 TEST(CheckpointChecksums, ACorruptWeightIsNamed) {
-    for (const auto& [name, dataset] :
-         std::vector<std::pair<std::string, std::string>>{
+    for (const auto& [name, dataset] : std::vector<std::pair<std::string, std::string>>{
              {"m.h5", "/model_weights/dense_1/dense_1/kernel:0"},
              {"m.weights.h5", "/layers/dense_1/vars/0"},
              {"o.h5", "/kiln/optimizer_state"}}) {
@@ -472,11 +480,13 @@ TEST(CheckpointWriter, SlowWritesDoNotSlowTraining) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
     ASSERT_EQ(saver->epoch_end_times.size(), 6u);
-    const double training_seconds = std::chrono::duration<double>(
-        saver->epoch_end_times.back() - saver->epoch_end_times.front()).count();
+    const double training_seconds = std::chrono::duration<double>(saver->epoch_end_times.back() -
+                                                                  saver->epoch_end_times.front())
+                                        .count();
     // Five epochs of a tiny model take milliseconds; waiting for even one write would be 0.4 s.
     EXPECT_LT(training_seconds, 0.3);
-    for (double s : saver->request_seconds) EXPECT_LT(s, 0.1);
+    for (double s : saver->request_seconds)
+        EXPECT_LT(s, 0.1);
     // fit returned only once the last request was on disk: one delayed write at least.
     EXPECT_GE(fit_seconds, 0.4);
     const CheckpointStats stats = m->checkpoint_stats();
@@ -510,8 +520,7 @@ TEST(CheckpointWriter, OtherFilesAreNeverDropped) {
     EXPECT_EQ(stats.written, 4);
     EXPECT_EQ(stats.replaced, 0);
     EXPECT_GE(stats.waited, 1);
-    EXPECT_EQ(entries(dir.path()),
-              (std::vector<std::string>{"e0.h5", "e1.h5", "e2.h5", "e3.h5"}));
+    EXPECT_EQ(entries(dir.path()), (std::vector<std::string>{"e0.h5", "e1.h5", "e2.h5", "e3.h5"}));
     for (int e = 0; e < 4; ++e) {
         CheckpointInfo info;
         ASSERT_TRUE(inspect_checkpoint(dir.file("e" + std::to_string(e) + ".h5"), &info).is_ok());
@@ -602,7 +611,8 @@ TEST(CheckpointWriter, StaleTemporariesAreRemoved) {
         dir.file(".ckpt.h5.tmp-" + std::to_string(getppid()) + "-0123456789abcdef");
     const std::string other = dir.file(".ckpt.h5.tmp-999999999-short");
     const std::string another_target = dir.file(".best.h5.tmp-999999999-0123456789abcdef");
-    for (const auto& p : {stale, live, other, another_target}) write_text(p, "partial");
+    for (const auto& p : {stale, live, other, another_target})
+        write_text(p, "partial");
     auto m = small_model();
     CheckpointRequest r;
     r.path = dir.file("ckpt.h5");
@@ -683,7 +693,7 @@ TEST(CheckpointInterop, H5pyReadsEveryFileKind) {
     for (const auto& [file, kind] : std::vector<std::pair<std::string, std::string>>{
              {"m.h5", "model"}, {"m.weights.h5", "weights"}}) {
         const Output r = run(std::string(kDebianPython) + " " + dir.file("check.py") + " " +
-                          dir.file(file) + " " + dir.file("expected.f32") + " " + kind);
+                             dir.file(file) + " " + dir.file("expected.f32") + " " + kind);
         EXPECT_EQ(r.status, 0) << file << ":\n" << r.output;
     }
 }
@@ -693,8 +703,8 @@ TEST(CheckpointInterop, H5pyReadsEveryFileKind) {
 // The interpreter with Keras: KILN_KERAS_PYTHON, else the virtual environment scripts/setup.sh
 // makes under the build directory. Empty, with the reason, when there is none.
 std::string keras_python(std::string* why) {
-    std::string python = std::getenv("KILN_KERAS_PYTHON") ? std::getenv("KILN_KERAS_PYTHON")
-                                                          : KILN_KERAS_PYTHON;
+    std::string python =
+        std::getenv("KILN_KERAS_PYTHON") ? std::getenv("KILN_KERAS_PYTHON") : KILN_KERAS_PYTHON;
     if (python.empty() || !fs::exists(python)) {
         *why = "no Python with Keras at '" + python +
                "' (scripts/setup.sh installs one; or set KILN_KERAS_PYTHON)";
@@ -752,7 +762,8 @@ print("ok", keras.__version__)
 TEST(CheckpointInterop, KerasReadsKilnFiles) {
     std::string why;
     const std::string python = keras_python(&why);
-    if (python.empty()) GTEST_SKIP() << why;
+    if (python.empty())
+        GTEST_SKIP() << why;
     TempDir dir;
     const Toy data = toy(80);
     auto m = small_model();
@@ -770,7 +781,8 @@ TEST(CheckpointInterop, KerasReadsKilnFiles) {
 TEST(CheckpointInterop, KilnReadsKerasFiles) {
     std::string why;
     const std::string python = keras_python(&why);
-    if (python.empty()) GTEST_SKIP() << why;
+    if (python.empty())
+        GTEST_SKIP() << why;
     TempDir dir;
     write_text(dir.file("write.py"), kKerasWrites);
     const Output r = run(python + " " + dir.file("write.py") + " " + dir.path());
@@ -804,15 +816,15 @@ TEST(CheckpointInterop, KilnReadsKerasFiles) {
 
 // A small NPY dataset directory (x_train.npy, ...) and a model JSON for the command.
 class CheckpointCli : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
-        for (const auto& [split, n, seed] :
-             std::vector<std::tuple<std::string, int64_t, uint64_t>>{{"train", 240, 1},
-                                                                     {"test", 60, 2}}) {
+        for (const auto& [split, n, seed] : std::vector<std::tuple<std::string, int64_t, uint64_t>>{
+                 {"train", 240, 1}, {"test", 60, 2}}) {
             const Toy t = toy(n, seed);
             std::vector<float> y = t.y.values;
-            ASSERT_TRUE(data::save_npy(dir_.file("x_" + split + ".npy"), t.x.shape,
-                                       t.x.values.data()).is_ok());
+            ASSERT_TRUE(
+                data::save_npy(dir_.file("x_" + split + ".npy"), t.x.shape, t.x.values.data())
+                    .is_ok());
             ASSERT_TRUE(data::save_npy(dir_.file("y_" + split + ".npy"), {n}, y.data()).is_ok());
         }
         write_text(dir_.file("model.json"), small_model()->to_json());
@@ -837,7 +849,7 @@ protected:
 TEST_F(CheckpointCli, ResumeInANewProcessIsBitExact) {
     const std::string model = " --model " + dir_.file("model.json") + " --seed 5";
     Output r = run(fit(model + " --epochs 4 --save " + dir_.file("full.h5") + " --metrics-json " +
-                    dir_.file("full.json")));
+                       dir_.file("full.json")));
     ASSERT_EQ(r.status, 0) << r.output;
     r = run(fit(model + " --epochs 2 --save " + dir_.file("half.h5")));
     ASSERT_EQ(r.status, 0) << r.output;
@@ -870,7 +882,7 @@ TEST_F(CheckpointCli, ResumeFromAModelCheckpointFileIsBitExact) {
     const std::string flags =
         " --checkpoint ck-{epoch:02d}.h5 --no-save-best-only --patience 2 --epochs 5 ";
     Output r = run(fit_in(a, "--model " + dir_.file("model.json") + " --seed 5" + flags +
-                               "--save full.h5 --metrics-json full.json"));
+                                 "--save full.h5 --metrics-json full.json"));
     ASSERT_EQ(r.status, 0) << r.output;
     fs::copy_file(a + "/ck-02.h5", b + "/ck-02.h5");
     // Only the data and the callbacks: epochs, batch size and validation split are the file's.
@@ -898,10 +910,14 @@ TEST_F(CheckpointCli, ResumeFromAModelCheckpointFileIsBitExact) {
 }
 
 TEST_F(CheckpointCli, InspectEvaluatePredict) {
+    ASSERT_EQ(
+        run(fit("--model " + dir_.file("model.json") + " --epochs 2 --save " + dir_.file("m.h5")))
+            .status,
+        0);
     ASSERT_EQ(run(fit("--model " + dir_.file("model.json") + " --epochs 2 --save " +
-                      dir_.file("m.h5"))).status, 0);
-    ASSERT_EQ(run(fit("--model " + dir_.file("model.json") + " --epochs 2 --save " +
-                      dir_.file("m.weights.h5"))).status, 0);
+                      dir_.file("m.weights.h5")))
+                  .status,
+              0);
     for (const std::string file : {"m.h5", "m.weights.h5"}) {
         SCOPED_TRACE(file);
         Output r = run(kBin + " inspect " + dir_.file(file));
@@ -931,9 +947,9 @@ TEST_F(CheckpointCli, InspectEvaluatePredict) {
 }
 
 TEST_F(CheckpointCli, AFailedLastWriteFailsTheRun) {
-    const Output r = run(std::string(kFaultVariable) + "=fail=all " +
-                      fit("--model " + dir_.file("model.json") + " --epochs 1 --save " +
-                          dir_.file("m.h5")));
+    const Output r =
+        run(std::string(kFaultVariable) + "=fail=all " +
+            fit("--model " + dir_.file("model.json") + " --epochs 1 --save " + dir_.file("m.h5")));
     EXPECT_NE(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("m.h5"), std::string::npos) << r.output;
     EXPECT_FALSE(fs::exists(dir_.file("m.h5")));

@@ -24,10 +24,12 @@ struct Result {
 Result run(const std::string& command) {
     Result r;
     FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-    if (!pipe) return r;
+    if (!pipe)
+        return r;
     std::array<char, 4096> buf;
     size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
+        r.output.append(buf.data(), n);
     const int raw = pclose(pipe);
     r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
     return r;
@@ -38,7 +40,7 @@ const std::string kBin = std::string(KILN_BINARY_DIR) + "/kiln";
 // A small NPY dataset directory: 600 training and 200 test samples of 784 features, where the
 // class is decided by which block of features is brightest.
 class CliTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         write_split("train", 600, 1);
         write_split("test", 200, 2);
@@ -50,7 +52,8 @@ protected:
         std::vector<float> y(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) {
             int label = int(math::hash3(seed, 3, uint64_t(i)) % 10);
-            for (int k = 0; k < 78; ++k) x[size_t(i * 784 + label * 78 + k)] += 0.5f;
+            for (int k = 0; k < 78; ++k)
+                x[size_t(i * 784 + label * 78 + k)] += 0.5f;
             if (math::uniform01(math::hash3(seed, 5, uint64_t(i))) < noise) {
                 label = int(math::hash3(seed, 9, uint64_t(i)) % 10);
             }
@@ -77,17 +80,45 @@ TEST_F(CliTest, HelpExplainsEveryFlag) {
     }
     const Result fit = run(kBin + " fit --help");
     EXPECT_EQ(fit.status, 0);
-    for (const char* flag : {"--data", "--model", "--epochs", "--batch-size", "--validation-split",
-                             "--optimizer", "--learning-rate", "--loss", "--seed", "--device",
-                             "--verbose", "--no-shuffle", "--metrics-json", "--checkpoint",
-                             "--monitor", "--mode", "--save-best-only", "--no-save-best-only",
-                             "--save-weights-only", "--save-freq", "--initial-value-threshold",
-                             "--patience", "--min-delta", "--baseline", "--start-from-epoch",
-                             "--restore-best-weights", "--no-restore-best-weights",
-                             "--early-stopping", "--csv-log", "--csv-append", "--csv-separator",
-                             "--reduce-lr-on-plateau", "--reduce-lr-factor",
-                             "--reduce-lr-patience", "--reduce-lr-cooldown", "--min-lr",
-                             "--terminate-on-nan", "--backup-dir", "--lr-schedule",
+    for (const char* flag : {"--data",
+                             "--model",
+                             "--epochs",
+                             "--batch-size",
+                             "--validation-split",
+                             "--optimizer",
+                             "--learning-rate",
+                             "--loss",
+                             "--seed",
+                             "--device",
+                             "--verbose",
+                             "--no-shuffle",
+                             "--metrics-json",
+                             "--checkpoint",
+                             "--monitor",
+                             "--mode",
+                             "--save-best-only",
+                             "--no-save-best-only",
+                             "--save-weights-only",
+                             "--save-freq",
+                             "--initial-value-threshold",
+                             "--patience",
+                             "--min-delta",
+                             "--baseline",
+                             "--start-from-epoch",
+                             "--restore-best-weights",
+                             "--no-restore-best-weights",
+                             "--early-stopping",
+                             "--csv-log",
+                             "--csv-append",
+                             "--csv-separator",
+                             "--reduce-lr-on-plateau",
+                             "--reduce-lr-factor",
+                             "--reduce-lr-patience",
+                             "--reduce-lr-cooldown",
+                             "--min-lr",
+                             "--terminate-on-nan",
+                             "--backup-dir",
+                             "--lr-schedule",
                              "--lr-decay-rate"}) {
         EXPECT_NE(fit.output.find(flag), std::string::npos) << flag;
     }
@@ -95,8 +126,8 @@ TEST_F(CliTest, HelpExplainsEveryFlag) {
 
 TEST_F(CliTest, FitPrintsKerasOutputAndWritesMetricsJson) {
     const std::string json = dir_.file("metrics.json");
-    const Result r = run(fit() + " --data " +
-                      dir_.path() + " --epochs 3 --verbose 2 --metrics-json " + json);
+    const Result r =
+        run(fit() + " --data " + dir_.path() + " --epochs 3 --verbose 2 --metrics-json " + json);
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("Epoch 1/3"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("Epoch 3/3"), std::string::npos);
@@ -122,16 +153,15 @@ TEST_F(CliTest, VerboseZeroPrintsOnlyTheTestLine) {
 
 TEST_F(CliTest, SavedModelEvaluatesAndPredicts) {
     const std::string model = dir_.file("model.h5"), preds = dir_.file("preds.npy");
-    ASSERT_EQ(run(fit() + " --data " + dir_.path() + " --epochs 2 --verbose 0 --save " + model)
-                  .status,
-              0);
-    const Result e = run(kBin + " evaluate " + model +
-                      " --device cpu --data " + dir_.path());
+    ASSERT_EQ(
+        run(fit() + " --data " + dir_.path() + " --epochs 2 --verbose 0 --save " + model).status,
+        0);
+    const Result e = run(kBin + " evaluate " + model + " --device cpu --data " + dir_.path());
     ASSERT_EQ(e.status, 0) << e.output;
     EXPECT_NE(e.output.find("loss: "), std::string::npos) << e.output;
     EXPECT_NE(e.output.find("accuracy: "), std::string::npos) << e.output;
-    const Result p = run(kBin + " predict " + model +
-                      " --device cpu --data " + dir_.file("x_test.npy") + " --output " + preds);
+    const Result p = run(kBin + " predict " + model + " --device cpu --data " +
+                         dir_.file("x_test.npy") + " --output " + preds);
     ASSERT_EQ(p.status, 0) << p.output;
     data::Array out;
     ASSERT_TRUE(data::load_npy(preds, &out).is_ok());
@@ -153,14 +183,15 @@ TEST_F(CliTest, AModelJsonDescribesTheNetwork) {
     const std::string path = dir_.file("model.json");
     std::ofstream(path) << model_config_to_json(c);
     const Result r = run(fit() + " --data " + dir_.path() + " --model " + path +
-                      " --epochs 1 --verbose 0 --optimizer sgd --learning-rate 0.1");
+                         " --epochs 1 --verbose 0 --optimizer sgd --learning-rate 0.1");
     EXPECT_EQ(r.status, 0) << r.output;
 }
 
 TEST_F(CliTest, BadInputGetsAClearErrorAndWritesNothing) {
     const std::string json = dir_.file("metrics.json");
     std::ofstream(json) << "keep me";
-    const Result missing = run(fit() + " --data /nonexistent/dir --epochs 1 --metrics-json " + json);
+    const Result missing =
+        run(fit() + " --data /nonexistent/dir --epochs 1 --metrics-json " + json);
     EXPECT_EQ(missing.status, 1);
     EXPECT_NE(missing.output.find("kiln: error:"), std::string::npos) << missing.output;
     EXPECT_NE(missing.output.find("/nonexistent/dir"), std::string::npos) << missing.output;
@@ -188,8 +219,8 @@ TEST_F(CliTest, DefaultCallbacksStopEarlyAndKeepTheBestModel) {
     // ModelCheckpoint saved at that epoch.
     write_split("train", 600, 1, 0.3);
     const std::string best = dir_.file("best_model.h5"), final_model = dir_.file("final.h5");
-    const Result r = run(fit() + " --data " + dir_.path() + " --epochs 40 --verbose 2 --save " +
-                         final_model);
+    const Result r =
+        run(fit() + " --data " + dir_.path() + " --epochs 40 --verbose 2 --save " + final_model);
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("Epoch 1: val_loss improved from inf to "), std::string::npos)
         << r.output;
@@ -226,9 +257,10 @@ TEST_F(CliTest, TheDefaultCheckpointGoesToTheCurrentDirectory) {
     std::ifstream in(dir_.file("best_model.h5"));
     EXPECT_TRUE(in.good());
     // --save-weights-only changes the default name to Keras's weights file name.
-    const Result w = run("cd " + dir_.path() + " && " + kBin + " fit --device cpu --data " +
-                         dir_.path() + " --epochs 1 --verbose 0 --save-weights-only "
-                         "--early-stopping none");
+    const Result w =
+        run("cd " + dir_.path() + " && " + kBin + " fit --device cpu --data " + dir_.path() +
+            " --epochs 1 --verbose 0 --save-weights-only "
+            "--early-stopping none");
     ASSERT_EQ(w.status, 0) << w.output;
     EXPECT_TRUE(std::ifstream(dir_.file("best_model.weights.h5")).good());
 }
@@ -270,28 +302,36 @@ TEST_F(CliTest, BadCallbackFlagsFailBeforeAnyWork) {
 
 TEST_F(CliTest, TheRestOfKerassCallbacksFromTheCommandLine) {
     const std::string csv = dir_.file("log.csv"), backup = dir_.file("backup");
-    const Result r = run(fit() + " --data " + dir_.path() + " --epochs 3 --verbose 1 "
-                         "--early-stopping none --csv-log " + csv + " --terminate-on-nan "
+    const Result r = run(fit() + " --data " + dir_.path() +
+                         " --epochs 3 --verbose 1 "
+                         "--early-stopping none --csv-log " +
+                         csv +
+                         " --terminate-on-nan "
                          "--lr-schedule step --lr-decay-every 1 --lr-decay-rate 0.5 "
-                         "--backup-dir " + backup);
+                         "--backup-dir " +
+                         backup);
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("Epoch 2: LearningRateScheduler setting learning rate to 0.0005."),
-              std::string::npos) << r.output;
+              std::string::npos)
+        << r.output;
     std::ifstream in(csv);
     std::string header, row;
     std::getline(in, header);
     EXPECT_EQ(header, "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss\r");
     int rows = 0;
-    while (std::getline(in, row)) ++rows;
+    while (std::getline(in, row))
+        ++rows;
     EXPECT_EQ(rows, 3);
     EXPECT_FALSE(std::ifstream(backup + "/latest.h5").good());  // removed when the run completed
 
-    const Result p = run(fit() + " --data " + dir_.path() + " --epochs 3 --verbose 1 "
+    const Result p = run(fit() + " --data " + dir_.path() +
+                         " --epochs 3 --verbose 1 "
                          "--early-stopping none --reduce-lr-on-plateau --reduce-lr-patience 0 "
                          "--reduce-lr-min-delta 10");
     ASSERT_EQ(p.status, 0) << p.output;
     EXPECT_NE(p.output.find("Epoch 2: ReduceLROnPlateau reducing learning rate to "),
-              std::string::npos) << p.output;
+              std::string::npos)
+        << p.output;
 }
 
 TEST_F(CliTest, ExampleProgramRuns) {

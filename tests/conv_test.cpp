@@ -10,13 +10,13 @@
 
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <cstdint>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -79,7 +79,8 @@ std::vector<double> reference_conv(const Conv2DGeometry& g, const std::vector<do
                             for (int64_t c = 0; c < g.in_c; ++c) {
                                 const int64_t h = i * g.stride_h - g.pad_top + r * g.dilation_h;
                                 const int64_t w = j * g.stride_w - g.pad_left + s * g.dilation_w;
-                                if (h < 0 || h >= g.in_h || w < 0 || w >= g.in_w) continue;
+                                if (h < 0 || h >= g.in_h || w < 0 || w >= g.in_w)
+                                    continue;
                                 sum += x[size_t(((n * g.in_h + h) * g.in_w + w) * g.in_c + c)] *
                                        k[size_t(((r * g.kernel_w + s) * g.in_c + c) * g.out_c + f)];
                             }
@@ -90,7 +91,7 @@ std::vector<double> reference_conv(const Conv2DGeometry& g, const std::vector<do
 
 // One op's inputs and output on the CPU backend, in double.
 class CpuImageOps : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override { backend_ = make_cpu_backend(); }
 
     Tensor upload(const std::vector<double>& values) {
@@ -163,7 +164,8 @@ TEST_F(CpuImageOps, SamePaddingPutsTheOddCellAtTheEndAsKerasDoes) {
     EXPECT_EQ(g.pad_top, 0);
     EXPECT_EQ(g.pad_bottom, 1);
     std::vector<double> x(16);
-    for (int i = 0; i < 16; ++i) x[size_t(i)] = i + 1;
+    for (int i = 0; i < 16; ++i)
+        x[size_t(i)] = i + 1;
     Tensor xd = upload(x), kd = upload(std::vector<double>(9, 1.0));
     Tensor yd(*backend_, {4}, DType::kFloat64);
     backend_->conv2d_forward(g, xd.view(), kd.view(), View{}, ActivationSpec{}, yd.view());
@@ -183,7 +185,8 @@ TEST_F(CpuImageOps, PoolingFollowsKerasSamePadding) {
     g.stride_h = g.stride_w = 2;
     g.pad_top = g.pad_left = a.pad_before;
     std::vector<double> x(9);
-    for (int i = 0; i < 9; ++i) x[size_t(i)] = i + 1;
+    for (int i = 0; i < 9; ++i)
+        x[size_t(i)] = i + 1;
     Tensor xd = upload(x);
     Tensor yd(*backend_, {4}, DType::kFloat64);
     g.kind = PoolKind::kAverage;
@@ -207,7 +210,8 @@ TEST_F(CpuImageOps, PoolingFollowsKerasSamePadding) {
 // (KILN_NUM_THREADS), so each thread count needs a process of its own.
 TEST_F(CpuImageOps, ThreadCountChild) {
     const char* out = std::getenv("KILN_CONV_TEST_OUTPUT");
-    if (out == nullptr) GTEST_SKIP() << "runs only as the child of OneThreadOrTwoGiveTheSameBits";
+    if (out == nullptr)
+        GTEST_SKIP() << "runs only as the child of OneThreadOrTwoGiveTheSameBits";
     const Conv2DGeometry g = conv_geometry(13, 20, 20, 3, 8, 3, 3, 1, 1, 1, 1, Padding::kSame);
     const Conv2DGeometry first = conv_geometry(13, 20, 20, 1, 8, 3, 3, 1, 1, 1, 1, Padding::kSame);
     std::vector<float> result;
@@ -239,8 +243,8 @@ TEST(CpuImageOpsThreads, OneThreadOrTwoGiveTheSameBits) {
     for (int threads : {1, 2}) {
         const std::string file = dir.file("out" + std::to_string(threads));
         const std::string command = "KILN_NUM_THREADS=" + std::to_string(threads) +
-                                    " KILN_CONV_TEST_OUTPUT=" + file +
-                                    " " + self + " --gtest_filter=CpuImageOps.ThreadCountChild";
+                                    " KILN_CONV_TEST_OUTPUT=" + file + " " + self +
+                                    " --gtest_filter=CpuImageOps.ThreadCountChild";
         ASSERT_EQ(std::system((command + " >/dev/null 2>&1").c_str()), 0) << command;
         std::ifstream in(file, std::ios::binary);
         outputs[threads - 1].assign(std::istreambuf_iterator<char>(in),
@@ -264,8 +268,8 @@ TEST(ImageLayers, ShapesParametersAndNamesAreKeras) {
     Sequential model(presets::mnist_convnet());
     model.compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
                   cpu_options());
-    const std::vector<std::string> names = {"conv2d",    "max_pooling2d", "conv2d_1",
-                                            "max_pooling2d_1", "flatten", "dropout", "dense"};
+    const std::vector<std::string> names = {
+        "conv2d", "max_pooling2d", "conv2d_1", "max_pooling2d_1", "flatten", "dropout", "dense"};
     const std::vector<Shape> shapes = {{26, 26, 32}, {13, 13, 32}, {11, 11, 64}, {5, 5, 64},
                                        {1600},       {1600},       {10}};
     ASSERT_EQ(model.layers().size(), names.size());
@@ -275,11 +279,11 @@ TEST(ImageLayers, ShapesParametersAndNamesAreKeras) {
     }
     EXPECT_EQ(model.count_params(), 34826);  // Keras's summary of the example
 
-    Sequential others({layers::Conv2D(4, {3, 3}, "relu", {2, 2}, "same"),
-                       layers::BatchNormalization(),
-                       layers::AveragePooling2D({3, 3}, {2, 2}, "same"),
-                       layers::GlobalAveragePooling2D(true), layers::Reshape({-1})},
-                      layers::Input({9, 8, 3}));
+    Sequential others(
+        {layers::Conv2D(4, {3, 3}, "relu", {2, 2}, "same"), layers::BatchNormalization(),
+         layers::AveragePooling2D({3, 3}, {2, 2}, "same"), layers::GlobalAveragePooling2D(true),
+         layers::Reshape({-1})},
+        layers::Input({9, 8, 3}));
     EXPECT_EQ(others.layers()[0]->output_shape(), (Shape{5, 4, 4}));
     EXPECT_EQ(others.layers()[2]->output_shape(), (Shape{3, 2, 4}));
     EXPECT_EQ(others.layers()[3]->output_shape(), (Shape{1, 1, 4}));
@@ -325,15 +329,15 @@ TEST(ImageLayers, BatchNormalizationTrainingInferenceAndMovingStatistics) {
     model.compile(optimizers::SGD(0.0f), losses::MeanSquaredError(), {},
                   cpu_options(DType::kFloat64));
     const int64_t n = 4;
-    const std::vector<float> batches[] = {{1, 10, 2, 20, 3, 30, 6, 60},
-                                          {0, -1, 4, 1, 0, 3, -4, 5}};
+    const std::vector<float> batches[] = {{1, 10, 2, 20, 3, 30, 6, 60}, {0, -1, 4, 1, 0, 3, -4, 5}};
 
     // moving statistics by hand over two steps (SGD with learning rate 0 keeps gamma and beta)
     double mean[2] = {0, 0}, var[2] = {1, 1};
     for (const auto& b : batches) {
         for (int c = 0; c < 2; ++c) {
             double m = 0, v = 0;
-            for (int r = 0; r < n; ++r) m += b[size_t(r * 2 + c)];
+            for (int r = 0; r < n; ++r)
+                m += b[size_t(r * 2 + c)];
             m /= n;
             for (int r = 0; r < n; ++r) {
                 v += (b[size_t(r * 2 + c)] - m) * (b[size_t(r * 2 + c)] - m);
@@ -379,7 +383,8 @@ TEST(ImageLayers, BatchNormalizationTrainingInferenceAndMovingStatistics) {
     double expected_loss = 0;
     for (int c = 0; c < 2; ++c) {
         double m = 0, v = 0;
-        for (int r = 0; r < n; ++r) m += batches[0][size_t(r * 2 + c)];
+        for (int r = 0; r < n; ++r)
+            m += batches[0][size_t(r * 2 + c)];
         m /= n;
         for (int r = 0; r < n; ++r) {
             v += (batches[0][size_t(r * 2 + c)] - m) * (batches[0][size_t(r * 2 + c)] - m);
@@ -407,11 +412,11 @@ TEST(ImageLayers, ASmallConvnetLearnsToTellBarsApart) {
         }
         y[size_t(i)] = float(label);
     }
-    Sequential model({layers::Conv2D(4, {3, 3}, "relu", {1, 1}, "same"),
-                      layers::BatchNormalization(), layers::MaxPooling2D(),
-                      layers::Conv2D(8, {3, 3}, "relu"),
-                      layers::GlobalAveragePooling2D(), layers::Dense(2, "softmax")},
-                     layers::Input({8, 8, 1}));
+    Sequential model(
+        {layers::Conv2D(4, {3, 3}, "relu", {1, 1}, "same"), layers::BatchNormalization(),
+         layers::MaxPooling2D(), layers::Conv2D(8, {3, 3}, "relu"),
+         layers::GlobalAveragePooling2D(), layers::Dense(2, "softmax")},
+        layers::Input({8, 8, 1}));
     model.compile(optimizers::Adam(0.01), losses::SparseCategoricalCrossentropy(), {"accuracy"},
                   cpu_options());
     FitArgs args;
@@ -593,9 +598,10 @@ TEST(ImageLayers, H5RoundTripGivesIdenticalPredictions) {
     EXPECT_EQ(saved.weights[0].weights[0].shape, (Shape{3, 2, 2, 3}));
     const std::vector<std::string> bn_names = {"gamma", "beta", "moving_mean", "moving_variance"};
     ASSERT_EQ(saved.weights[1].weights.size(), 4u);
-    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(saved.weights[1].weights[i].name, bn_names[i]);
+    for (size_t i = 0; i < 4; ++i)
+        EXPECT_EQ(saved.weights[1].weights[i].name, bn_names[i]);
     EXPECT_NE(saved.weights[1].weights[2].values[0], 0.0f);  // trained moving mean
-    ASSERT_EQ(saved.weights[5].weights.size(), 2u);  // no gamma, no beta
+    ASSERT_EQ(saved.weights[5].weights.size(), 2u);          // no gamma, no beta
     EXPECT_EQ(saved.weights[5].weights[0].name, "moving_mean");
 
     CompileOptions options = cpu_options();
@@ -607,9 +613,9 @@ TEST(ImageLayers, H5RoundTripGivesIdenticalPredictions) {
 
 // ---- Keras itself -------------------------------------------------------------------------------
 // With the Keras that scripts/setup.sh installs (KILN_KERAS_PYTHON overrides it), Keras loads
-// kiln's files (.h5 and .weights.h5) of every image layer and predicts what kiln predicts; kiln loads a convnet Keras
-// trained and predicts what Keras predicts; and one training step of a BatchNormalization leaves
-// the same moving statistics in both.
+// kiln's files (.h5 and .weights.h5) of every image layer and predicts what kiln predicts; kiln
+// loads a convnet Keras trained and predicts what Keras predicts; and one training step of a
+// BatchNormalization leaves the same moving statistics in both.
 
 struct Output {
     int status = -1;
@@ -619,10 +625,12 @@ struct Output {
 Output run(const std::string& command) {
     Output r;
     FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-    if (!pipe) return r;
+    if (!pipe)
+        return r;
     std::array<char, 4096> buf;
     size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
+        r.output.append(buf.data(), n);
     const int raw = pclose(pipe);
     r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
     return r;
@@ -703,7 +711,8 @@ print("ok", keras.__version__)
 TEST(ImageLayersKeras, KerasPredictsWhatKilnPredicts) {
     std::string why;
     const std::string python = keras_python(&why);
-    if (python.empty()) GTEST_SKIP() << why;
+    if (python.empty())
+        GTEST_SKIP() << why;
     testing::TempDir dir;
     const int64_t n = 40;
     const data::Array x = make_array({n, 9, 8, 2}, random_values(size_t(n * 144), 51));
@@ -728,7 +737,8 @@ TEST(ImageLayersKeras, KerasPredictsWhatKilnPredicts) {
 TEST(ImageLayersKeras, KilnPredictsWhatKerasPredictsAndKeepsItsMovingStatistics) {
     std::string why;
     const std::string python = keras_python(&why);
-    if (python.empty()) GTEST_SKIP() << why;
+    if (python.empty())
+        GTEST_SKIP() << why;
     testing::TempDir dir;
     write_text(dir.file("train.py"), kKerasTrains);
     const Output r = run(python + " " + dir.file("train.py") + " " + dir.path());

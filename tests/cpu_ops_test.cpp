@@ -16,7 +16,7 @@ namespace {
 using testing::random_values;
 
 class CpuOpsTest : public ::testing::Test {
-protected:
+  protected:
     std::unique_ptr<Backend> b_ = make_cpu_backend();
 
     View view(std::vector<float>& v, Shape shape) { return View{v.data(), DType::kFloat32, shape}; }
@@ -79,7 +79,8 @@ TEST_F(CpuOpsTest, BiasGradIsColumnSums) {
     b_->bias_grad(view(dz, {}), view(db, {}), 7, 3);
     for (int c = 0; c < 3; ++c) {
         double s = 0;
-        for (int r = 0; r < 7; ++r) s += dz[r * 3 + c];
+        for (int r = 0; r < 7; ++r)
+            s += dz[r * 3 + c];
         EXPECT_NEAR(db[c], s, 1e-6);
     }
 }
@@ -92,11 +93,13 @@ TEST_F(CpuOpsTest, PermutationIsAPermutationAndChangesWithTheStream) {
     b_->permutation(View{again.data(), DType::kInt32, {n}}, n, 42, 0);
     std::vector<int32_t> sorted = p0;
     std::sort(sorted.begin(), sorted.end());
-    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(sorted[i], i);
+    for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(sorted[i], i);
     EXPECT_NE(p0, p1);
     EXPECT_EQ(p0, again);
     int fixed_points = 0;
-    for (int64_t i = 0; i < n; ++i) fixed_points += p0[i] == i;
+    for (int64_t i = 0; i < n; ++i)
+        fixed_points += p0[i] == i;
     EXPECT_LT(fixed_points, 10);  // about 1 expected for a random permutation
 }
 
@@ -106,7 +109,8 @@ TEST_F(CpuOpsTest, GatherRowsFollowsTheIndex) {
     b_->gather_rows(view(src, {10, 3}), View{index.data(), DType::kInt32, {6}}, 2, 4, 3,
                     view(dst, {4, 3}));
     for (int r = 0; r < 4; ++r) {
-        for (int c = 0; c < 3; ++c) EXPECT_EQ(dst[r * 3 + c], src[index[2 + r] * 3 + c]);
+        for (int c = 0; c < 3; ++c)
+            EXPECT_EQ(dst[r * 3 + c], src[index[2 + r] * 3 + c]);
     }
 }
 

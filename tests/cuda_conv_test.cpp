@@ -24,7 +24,8 @@ using testing::all_close;
 using testing::random_values;
 
 ::testing::AssertionResult same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-    if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+    if (a.size() != b.size())
+        return ::testing::AssertionFailure() << "sizes differ";
     for (size_t i = 0; i < a.size(); ++i) {
         if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) {
             return ::testing::AssertionFailure()
@@ -60,8 +61,8 @@ Conv2DGeometry conv_geometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t
     return g;
 }
 
-Pool2DGeometry pool_geometry(PoolKind kind, int64_t n, int64_t h, int64_t w, int64_t c,
-                             int64_t ph, int64_t pw, int64_t sh, int64_t sw, Padding padding) {
+Pool2DGeometry pool_geometry(PoolKind kind, int64_t n, int64_t h, int64_t w, int64_t c, int64_t ph,
+                             int64_t pw, int64_t sh, int64_t sw, Padding padding) {
     const AxisWindow ah = keras_axis_window(h, ph, sh, 1, padding);
     const AxisWindow aw = keras_axis_window(w, pw, sw, 1, padding);
     Pool2DGeometry g;
@@ -82,15 +83,17 @@ Pool2DGeometry pool_geometry(PoolKind kind, int64_t n, int64_t h, int64_t w, int
 }
 
 class CudaImageOpsTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         std::string why;
         cuda_ = make_cuda_backend(&why);
-        if (!cuda_) GTEST_SKIP() << why;
+        if (!cuda_)
+            GTEST_SKIP() << why;
         cpu_ = make_cpu_backend();
     }
     void TearDown() override {
-        if (cuda_) cuda_->synchronize();
+        if (cuda_)
+            cuda_->synchronize();
     }
 
     struct Both {
@@ -120,12 +123,12 @@ struct ConvCase {
 
 std::vector<ConvCase> conv_cases() {
     return {
-        {"the convnet's first layer", conv_geometry(128, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1,
-                                                    Padding::kValid)},
-        {"the convnet's second layer", conv_geometry(128, 13, 13, 32, 64, 3, 3, 1, 1, 1, 1,
-                                                     Padding::kValid)},
-        {"a last partial batch", conv_geometry(112, 13, 13, 32, 64, 3, 3, 1, 1, 1, 1,
-                                               Padding::kValid)},
+        {"the convnet's first layer",
+         conv_geometry(128, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, Padding::kValid)},
+        {"the convnet's second layer",
+         conv_geometry(128, 13, 13, 32, 64, 3, 3, 1, 1, 1, 1, Padding::kValid)},
+        {"a last partial batch",
+         conv_geometry(112, 13, 13, 32, 64, 3, 3, 1, 1, 1, 1, Padding::kValid)},
         {"same, symmetric", conv_geometry(4, 9, 9, 3, 8, 3, 3, 1, 1, 1, 1, Padding::kSame)},
         {"same, stride 2, padding at the end only (explicit padding)",
          conv_geometry(4, 8, 10, 3, 8, 3, 3, 2, 2, 1, 1, Padding::kSame)},
@@ -151,19 +154,19 @@ TEST_F(CudaImageOpsTest, Conv2DMatchesTheCpuInEveryDirectionAndRepeats) {
         ActivationSpec act;
         act.kind = Activation::kRelu;
 
-        cpu_->conv2d_forward(g, x.cpu.view(), k.cpu.view(), bias.cpu.view(), act,
-                             y.cpu.view());
+        cpu_->conv2d_forward(g, x.cpu.view(), k.cpu.view(), bias.cpu.view(), act, y.cpu.view());
         cpu_->conv2d_backward_data(g, dy.cpu.view(), k.cpu.view(), dx.cpu.view());
         cpu_->conv2d_backward_filter(g, x.cpu.view(), dy.cpu.view(), dk.cpu.view());
         std::vector<float> first[3];
         for (int run = 0; run < 2; ++run) {
             cuda_->conv2d_forward(g, x.cuda.view(), k.cuda.view(), bias.cuda.view(), act,
-                              y.cuda.view());
+                                  y.cuda.view());
             cuda_->conv2d_backward_data(g, dy.cuda.view(), k.cuda.view(), dx.cuda.view());
             cuda_->conv2d_backward_filter(g, x.cuda.view(), dy.cuda.view(), dk.cuda.view());
             const std::vector<float> now[3] = {values(y.cuda), values(dx.cuda), values(dk.cuda)};
             if (run == 0) {
-                for (int i = 0; i < 3; ++i) first[i] = now[i];
+                for (int i = 0; i < 3; ++i)
+                    first[i] = now[i];
                 continue;
             }
             // the second run (with the algorithms found by the first) gives the same bits
@@ -177,8 +180,7 @@ TEST_F(CudaImageOpsTest, Conv2DMatchesTheCpuInEveryDirectionAndRepeats) {
         const double pixels = double(g.batch * g.out_h * g.out_w);
         EXPECT_TRUE(all_close(first[0], values(y.cpu), 2e-6 * patch, 1e-4)) << "forward";
         EXPECT_TRUE(all_close(first[1], values(dx.cpu), 2e-6 * taps, 1e-4)) << "backward data";
-        EXPECT_TRUE(all_close(first[2], values(dk.cpu), 2e-6 * pixels, 1e-4))
-            << "backward filter";
+        EXPECT_TRUE(all_close(first[2], values(dk.cpu), 2e-6 * pixels, 1e-4)) << "backward filter";
     }
 }
 
@@ -236,8 +238,8 @@ TEST_F(CudaImageOpsTest, BatchNormalizationMatchesTheCpu) {
             auto v = [on_cpu](const Both& t) { return on_cpu ? t.cpu.view() : t.cuda.view(); };
             b->batch_norm_forward_training(g, v(x), v(gamma), v(beta), v(y), v(mean), v(var),
                                            v(saved_mean), v(saved_inv_std));
-            b->batch_norm_backward(g, v(x), v(dy), v(gamma), v(saved_mean), v(saved_inv_std),
-                                   v(dx), v(dgamma), v(dbeta));
+            b->batch_norm_backward(g, v(x), v(dy), v(gamma), v(saved_mean), v(saved_inv_std), v(dx),
+                                   v(dgamma), v(dbeta));
             b->batch_norm_forward_inference(g, v(x), v(gamma), v(beta), v(mean), v(var),
                                             v(y_inference));
         }
@@ -253,8 +255,7 @@ TEST_F(CudaImageOpsTest, BatchNormalizationMatchesTheCpu) {
         EXPECT_TRUE(all_close(values(dx.cuda), values(dx.cpu), 1e-5, 1e-3)) << "dx";
         EXPECT_TRUE(all_close(values(dgamma.cuda), values(dgamma.cpu), 1e-6 * rows, 1e-4))
             << "dgamma";
-        EXPECT_TRUE(all_close(values(dbeta.cuda), values(dbeta.cpu), 1e-6 * rows, 1e-4))
-            << "dbeta";
+        EXPECT_TRUE(all_close(values(dbeta.cuda), values(dbeta.cpu), 1e-6 * rows, 1e-4)) << "dbeta";
         EXPECT_TRUE(all_close(values(y_inference.cuda), values(y_inference.cpu), 1e-5, 1e-4))
             << "inference";
     }

@@ -34,19 +34,28 @@ using testing::random_values;
 template <typename T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::kFloat32; }
+constexpr DType dtype_of<float>() {
+    return DType::kFloat32;
+}
 template <>
-constexpr DType dtype_of<double>() { return DType::kFloat64; }
+constexpr DType dtype_of<double>() {
+    return DType::kFloat64;
+}
 template <>
-constexpr DType dtype_of<int32_t>() { return DType::kInt32; }
+constexpr DType dtype_of<int32_t>() {
+    return DType::kInt32;
+}
 template <>
-constexpr DType dtype_of<uint8_t>() { return DType::kUInt8; }
+constexpr DType dtype_of<uint8_t>() {
+    return DType::kUInt8;
+}
 
 // "element 17 (row 1, col 7)" for a matrix with `cols` columns, "element 17" otherwise.
 std::string where(size_t i, int64_t cols) {
     std::ostringstream out;
     out << "element " << i;
-    if (cols > 1) out << " (row " << i / size_t(cols) << ", col " << i % size_t(cols) << ")";
+    if (cols > 1)
+        out << " (row " << i / size_t(cols) << ", col " << i % size_t(cols) << ")";
     return out.str();
 }
 
@@ -63,9 +72,11 @@ template <typename T>
     double worst_excess = 0;
     for (size_t i = 0; i < cpu.size(); ++i) {
         const double e = double(cpu[i]), a = double(cuda[i]);
-        if (std::isnan(e) && std::isnan(a)) continue;
+        if (std::isnan(e) && std::isnan(a))
+            continue;
         double excess = std::fabs(a - e) - (atol + rtol * std::fabs(e));
-        if (std::isnan(excess)) excess = std::numeric_limits<double>::infinity();
+        if (std::isnan(excess))
+            excess = std::numeric_limits<double>::infinity();
         if (excess > 0) {
             ++bad;
             if (excess > worst_excess || bad == 1) {
@@ -74,7 +85,8 @@ template <typename T>
             }
         }
     }
-    if (bad == 0) return ::testing::AssertionSuccess();
+    if (bad == 0)
+        return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure()
            << bad << " of " << cpu.size() << " elements differ beyond atol " << atol << " + rtol "
            << rtol << "; worst is " << where(worst_i, cols) << ": cpu "
@@ -94,10 +106,12 @@ template <typename T>
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < expected.size(); ++i) {
         if (std::memcmp(&expected[i], &actual[i], sizeof(T)) != 0) {
-            if (bad++ == 0) first = i;
+            if (bad++ == 0)
+                first = i;
         }
     }
-    if (bad == 0) return ::testing::AssertionSuccess();
+    if (bad == 0)
+        return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure()
            << bad << " of " << expected.size() << " elements differ; first is "
            << where(first, cols) << ": expected " << ::testing::PrintToString(expected[first])
@@ -111,16 +125,18 @@ struct Both {
 };
 
 class CudaVsCpuTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         std::string why;
         cuda_ = make_cuda_backend(&why);
-        if (!cuda_) GTEST_SKIP() << why;
+        if (!cuda_)
+            GTEST_SKIP() << why;
         cpu_ = make_cpu_backend();
     }
 
     void TearDown() override {
-        if (cuda_) cuda_->synchronize();
+        if (cuda_)
+            cuda_->synchronize();
     }
 
     template <typename T>
@@ -144,7 +160,7 @@ protected:
 };
 
 std::vector<ActivationSpec> all_activations() {
-    return {{Activation::kLinear, 0.0f}, {Activation::kRelu, 0.0f},
+    return {{Activation::kLinear, 0.0f},  {Activation::kRelu, 0.0f},
             {Activation::kSigmoid, 0.0f}, {Activation::kTanh, 0.0f},
             {Activation::kSoftmax, 0.0f}, {Activation::kGelu, 0.0f},
             {Activation::kElu, 1.0f},     {Activation::kLeakyRelu, 0.2f}};
@@ -247,9 +263,9 @@ TEST_F(CudaVsCpuTest, GemmMatchesForEveryTranspositionAndShape) {
         for (int ta = 0; ta < 2; ++ta) {
             for (int tb = 0; tb < 2; ++tb) {
                 for (float beta : {0.0f, 0.5f}) {
-                    SCOPED_TRACE(::testing::Message() << "m " << s.m << " n " << s.n << " k "
-                                                      << s.k << " trans_a " << ta << " trans_b "
-                                                      << tb << " beta " << beta);
+                    SCOPED_TRACE(::testing::Message()
+                                 << "m " << s.m << " n " << s.n << " k " << s.k << " trans_a " << ta
+                                 << " trans_b " << tb << " beta " << beta);
                     Both a = both(random_values(size_t(s.m * s.k), 10), {s.m * s.k});
                     Both b = both(random_values(size_t(s.k * s.n), 11), {s.k * s.n});
                     Both c = both(random_values(size_t(s.m * s.n), 12), {s.m * s.n});
@@ -277,25 +293,23 @@ TEST_F(CudaVsCpuTest, BiasActivationForwardMatchesForEveryActivation) {
                     SCOPED_TRACE(::testing::Message()
                                  << activation_name(act.kind) << " cols " << cols << " bias "
                                  << with_bias << " in_place " << in_place);
-                    Both z = both(random_values(size_t(rows * cols), 20, -4.0f, 4.0f),
-                                  {rows, cols});
+                    Both z =
+                        both(random_values(size_t(rows * cols), 20, -4.0f, 4.0f), {rows, cols});
                     Both bias = both(random_values(size_t(cols), 21), {cols});
                     Both y = both(std::vector<float>(size_t(rows * cols), 0.0f), {rows, cols});
                     const View no_bias;
-                    cpu_->bias_activation_forward(z.cpu.view(),
-                                                  with_bias ? bias.cpu.view() : no_bias,
-                                                  in_place ? z.cpu.view() : y.cpu.view(), rows,
-                                                  cols, act);
-                    cuda_->bias_activation_forward(z.cuda.view(),
-                                                   with_bias ? bias.cuda.view() : no_bias,
-                                                   in_place ? z.cuda.view() : y.cuda.view(),
-                                                   rows, cols, act);
-                    EXPECT_TRUE(matches_cpu(values<float>(z.cpu), values<float>(z.cuda), 1e-6,
-                                            1e-5, cols))
+                    cpu_->bias_activation_forward(
+                        z.cpu.view(), with_bias ? bias.cpu.view() : no_bias,
+                        in_place ? z.cpu.view() : y.cpu.view(), rows, cols, act);
+                    cuda_->bias_activation_forward(
+                        z.cuda.view(), with_bias ? bias.cuda.view() : no_bias,
+                        in_place ? z.cuda.view() : y.cuda.view(), rows, cols, act);
+                    EXPECT_TRUE(
+                        matches_cpu(values<float>(z.cpu), values<float>(z.cuda), 1e-6, 1e-5, cols))
                         << "z";
                     if (!in_place) {
-                        EXPECT_TRUE(matches_cpu(values<float>(y.cpu), values<float>(y.cuda),
-                                                1e-6, 1e-5, cols))
+                        EXPECT_TRUE(matches_cpu(values<float>(y.cpu), values<float>(y.cuda), 1e-6,
+                                                1e-5, cols))
                             << "y";
                     }
                 }
@@ -309,14 +323,13 @@ TEST_F(CudaVsCpuTest, ActivationBackwardMatchesForEveryActivation) {
     for (int64_t cols : {int64_t(10), int64_t(300)}) {
         for (const ActivationSpec& act : all_activations()) {
             for (bool in_place : {false, true}) {
-                SCOPED_TRACE(::testing::Message() << activation_name(act.kind) << " cols "
-                                                  << cols << " in_place " << in_place);
+                SCOPED_TRACE(::testing::Message() << activation_name(act.kind) << " cols " << cols
+                                                  << " in_place " << in_place);
                 // y from the CPU's forward, so that both backends see the same (z, y) pair
                 const size_t n = size_t(rows * cols);
                 std::vector<float> z = random_values(n, 30, -4.0f, 4.0f), y(n);
                 cpu_->bias_activation_forward(View{z.data(), DType::kFloat32, {}}, View{},
-                                              View{y.data(), DType::kFloat32, {}}, rows, cols,
-                                              act);
+                                              View{y.data(), DType::kFloat32, {}}, rows, cols, act);
                 Both zt = both(z, {rows, cols});
                 Both yt = both(y, {rows, cols});
                 Both dy = both(random_values(n, 31), {rows, cols});
@@ -325,11 +338,11 @@ TEST_F(CudaVsCpuTest, ActivationBackwardMatchesForEveryActivation) {
                                           in_place ? dy.cpu.view() : dz.cpu.view(), rows, cols,
                                           act);
                 cuda_->activation_backward(zt.cuda.view(), yt.cuda.view(), dy.cuda.view(),
-                                           in_place ? dy.cuda.view() : dz.cuda.view(), rows,
-                                           cols, act);
+                                           in_place ? dy.cuda.view() : dz.cuda.view(), rows, cols,
+                                           act);
                 const Both& out = in_place ? dy : dz;
-                EXPECT_TRUE(matches_cpu(values<float>(out.cpu), values<float>(out.cuda), 1e-6,
-                                        1e-5, cols));
+                EXPECT_TRUE(
+                    matches_cpu(values<float>(out.cpu), values<float>(out.cuda), 1e-6, 1e-5, cols));
             }
         }
     }
@@ -344,8 +357,8 @@ TEST_F(CudaVsCpuTest, BiasGradMatchesAndIsTheSameOnEveryRun) {
             cpu_->bias_grad(dz.cpu.view(), db.cpu.view(), rows, cols);
             cuda_->bias_grad(dz.cuda.view(), db.cuda.view(), rows, cols);
             const std::vector<float> first = values<float>(db.cuda);
-            EXPECT_TRUE(matches_cpu(values<float>(db.cpu), first, 2e-6 * double(rows) + 1e-7,
-                                    1e-5));
+            EXPECT_TRUE(
+                matches_cpu(values<float>(db.cpu), first, 2e-6 * double(rows) + 1e-7, 1e-5));
 
             cuda_->bias_grad(dz.cuda.view(), db.cuda.view(), rows, cols);
             EXPECT_TRUE(bit_identical(first, values<float>(db.cuda))) << "second run differs";
@@ -383,8 +396,7 @@ TEST_F(CudaVsCpuTest, DropoutForwardIsBitIdentical) {
                                    mask.cuda.view(), n, rate, seed, counter);
             const Both& out = in_place ? x : y;
             EXPECT_TRUE(bit_identical(values<float>(out.cpu), values<float>(out.cuda))) << "y";
-            EXPECT_TRUE(bit_identical(values<float>(mask.cpu), values<float>(mask.cuda)))
-                << "mask";
+            EXPECT_TRUE(bit_identical(values<float>(mask.cpu), values<float>(mask.cuda))) << "mask";
         }
     }
 }
@@ -399,11 +411,16 @@ struct LossCase {
 
 std::string loss_name(LossKind kind) {
     switch (kind) {
-        case LossKind::kSparseCategoricalCrossentropy: return "sparse_categorical_crossentropy";
-        case LossKind::kCategoricalCrossentropy: return "categorical_crossentropy";
-        case LossKind::kBinaryCrossentropy: return "binary_crossentropy";
-        case LossKind::kMeanSquaredError: return "mean_squared_error";
-        case LossKind::kMeanAbsoluteError: return "mean_absolute_error";
+        case LossKind::kSparseCategoricalCrossentropy:
+            return "sparse_categorical_crossentropy";
+        case LossKind::kCategoricalCrossentropy:
+            return "categorical_crossentropy";
+        case LossKind::kBinaryCrossentropy:
+            return "binary_crossentropy";
+        case LossKind::kMeanSquaredError:
+            return "mean_squared_error";
+        case LossKind::kMeanAbsoluteError:
+            return "mean_absolute_error";
     }
     return "?";
 }
@@ -417,19 +434,25 @@ std::vector<float> loss_predictions(const LossSpec& spec, int64_t rows, int64_t 
     switch (spec.kind) {
         case LossKind::kSparseCategoricalCrossentropy:
         case LossKind::kCategoricalCrossentropy: {
-            if (logits) return random_values(n, seed, -5.0f, 5.0f);
+            if (logits)
+                return random_values(n, seed, -5.0f, 5.0f);
             std::vector<float> p = random_values(n, seed, 0.0f, 1.0f);
-            for (size_t i = 0; i < n; i += 7) p[i] = 0.0f;
+            for (size_t i = 0; i < n; i += 7)
+                p[i] = 0.0f;
             return p;
         }
         case LossKind::kBinaryCrossentropy: {
-            if (logits) return random_values(n, seed, -5.0f, 5.0f);
+            if (logits)
+                return random_values(n, seed, -5.0f, 5.0f);
             std::vector<float> p = random_values(n, seed, 0.0f, 1.0f);
-            for (size_t i = 0; i < n; i += 11) p[i] = 0.0f;
-            for (size_t i = 5; i < n; i += 13) p[i] = 1.0f;
+            for (size_t i = 0; i < n; i += 11)
+                p[i] = 0.0f;
+            for (size_t i = 5; i < n; i += 13)
+                p[i] = 1.0f;
             return p;
         }
-        default: return random_values(n, seed, -2.0f, 2.0f);
+        default:
+            return random_values(n, seed, -2.0f, 2.0f);
     }
 }
 
@@ -449,21 +472,26 @@ std::vector<float> loss_targets(LossKind kind, int64_t rows, int64_t cols, uint6
             for (int64_t r = 0; r < rows; ++r) {
                 float* row = y.data() + r * cols;
                 if (r % 2 == 0) {  // one-hot
-                    const int64_t label = int64_t(math::hash3(seed, 2, uint64_t(r)) % uint64_t(cols));
-                    for (int64_t c = 0; c < cols; ++c) row[c] = c == label ? 1.0f : 0.0f;
+                    const int64_t label =
+                        int64_t(math::hash3(seed, 2, uint64_t(r)) % uint64_t(cols));
+                    for (int64_t c = 0; c < cols; ++c)
+                        row[c] = c == label ? 1.0f : 0.0f;
                 } else {  // soft, summing to 1
                     const float sum = std::accumulate(row, row + cols, 0.0f);
-                    for (int64_t c = 0; c < cols; ++c) row[c] /= sum;
+                    for (int64_t c = 0; c < cols; ++c)
+                        row[c] /= sum;
                 }
             }
             return y;
         }
         case LossKind::kBinaryCrossentropy: {
             std::vector<float> y = random_values(size_t(rows * cols), seed, 0.0f, 1.0f);
-            for (float& v : y) v = v < 0.5f ? 0.0f : 1.0f;
+            for (float& v : y)
+                v = v < 0.5f ? 0.0f : 1.0f;
             return y;
         }
-        default: return random_values(size_t(rows * cols), seed, -2.0f, 2.0f);
+        default:
+            return random_values(size_t(rows * cols), seed, -2.0f, 2.0f);
     }
 }
 
@@ -508,16 +536,16 @@ TEST_F(CudaVsCpuTest, LossMatchesForEveryKindAndAddsIntoTheAccumulators) {
                             lc.kind == LossKind::kSparseCategoricalCrossentropy ? 1 : cols;
                         Both pred = both(loss_predictions(spec, rows, cols, 70), {rows, cols});
                         Both y = both(loss_targets(lc.kind, rows, cols, 71), {rows, y_cols});
-                        Both grad = both(std::vector<float>(size_t(rows * cols), 9.0f),
-                                         {rows, cols});
+                        Both grad =
+                            both(std::vector<float>(size_t(rows * cols), 9.0f), {rows, cols});
                         Both acc = both(acc_start, {6});
                         const View no_grad;
                         cpu_->loss(spec, pred.cpu.view(), y.cpu.view(),
                                    with_grad ? grad.cpu.view() : no_grad, rows, cols, grad_rows,
                                    acc.cpu.view(), slot);
                         cuda_->loss(spec, pred.cuda.view(), y.cuda.view(),
-                                    with_grad ? grad.cuda.view() : no_grad, rows, cols,
-                                    grad_rows, acc.cuda.view(), slot);
+                                    with_grad ? grad.cuda.view() : no_grad, rows, cols, grad_rows,
+                                    acc.cuda.view(), slot);
 
                         const std::vector<double> acc_cpu = values<double>(acc.cpu);
                         const std::vector<double> acc_cuda = values<double>(acc.cuda);
@@ -547,8 +575,8 @@ TEST_F(CudaVsCpuTest, LossMatchesForEveryKindAndAddsIntoTheAccumulators) {
                         // and the same bits when run again
                         if (with_grad && rows > 1) {
                             Both acc2 = both(acc_start, {6});
-                            Both grad2 = both(std::vector<float>(size_t(rows * cols), 9.0f),
-                                              {rows, cols});
+                            Both grad2 =
+                                both(std::vector<float>(size_t(rows * cols), 9.0f), {rows, cols});
                             cuda_->loss(spec, pred.cuda.view(), y.cuda.view(), grad2.cuda.view(),
                                         rows, cols, grad_rows, acc2.cuda.view(), slot);
                             EXPECT_TRUE(bit_identical(acc_cuda, values<double>(acc2.cuda)))
@@ -626,11 +654,9 @@ TEST_F(CudaVsCpuTest, OptimizerUpdateMatchesForEveryOptimizerAfterSeveralSteps) 
             cuda_->optimizer_update(step, params.cuda.view(), grads.cuda.view(),
                                     slots ? state.cuda.view() : no_state, n);
         }
-        EXPECT_TRUE(matches_cpu(values<float>(params.cpu), values<float>(params.cuda), 1e-6,
-                                1e-5))
+        EXPECT_TRUE(matches_cpu(values<float>(params.cpu), values<float>(params.cuda), 1e-6, 1e-5))
             << "params";
-        EXPECT_TRUE(matches_cpu(values<float>(state.cpu), values<float>(state.cuda), 1e-7,
-                                1e-5, n))
+        EXPECT_TRUE(matches_cpu(values<float>(state.cpu), values<float>(state.cuda), 1e-7, 1e-5, n))
             << "state (col = element, row = slot)";
     }
 }
@@ -642,11 +668,11 @@ TEST_F(CudaVsCpuTest, PermutationIsBitIdenticalAndAPermutation) {
         int64_t n;
         uint64_t seed, stream;
     };
-    const Case cases[] = {{1, 1, 0},       {2, 1, 0},         {1000, 42, 3},
-                          {60000, 7, 1},   {60000, 7, 2},     {100003, 99, 12345}};
+    const Case cases[] = {{1, 1, 0},     {2, 1, 0},     {1000, 42, 3},
+                          {60000, 7, 1}, {60000, 7, 2}, {100003, 99, 12345}};
     for (const Case& c : cases) {
-        SCOPED_TRACE(::testing::Message() << "n " << c.n << " seed " << c.seed << " stream "
-                                          << c.stream);
+        SCOPED_TRACE(::testing::Message()
+                     << "n " << c.n << " seed " << c.seed << " stream " << c.stream);
         Tensor cpu_perm(*cpu_, {c.n}, DType::kInt32), cuda_perm(*cuda_, {c.n}, DType::kInt32);
         cpu_->permutation(cpu_perm.view(), c.n, c.seed, c.stream);
         cuda_->permutation(cuda_perm.view(), c.n, c.seed, c.stream);
@@ -686,20 +712,20 @@ TEST_F(CudaVsCpuTest, GatherRowsIsBitIdenticalForEveryElementSize) {
     // int32 labels, one column
     {
         std::vector<int32_t> labels(static_cast<size_t>(src_rows));
-        for (size_t i = 0; i < labels.size(); ++i) labels[i] = int32_t(i * 7 % 10);
+        for (size_t i = 0; i < labels.size(); ++i)
+            labels[i] = int32_t(i * 7 % 10);
         Both src = both(labels, {src_rows, 1});
         Both dst = both(std::vector<int32_t>(size_t(count), -1), {count, 1});
         cpu_->gather_rows(src.cpu.view(), index.cpu.view(), offset, count, 1, dst.cpu.view());
-        cuda_->gather_rows(src.cuda.view(), index.cuda.view(), offset, count, 1,
-                           dst.cuda.view());
-        EXPECT_TRUE(bit_identical(values<int32_t>(dst.cpu), values<int32_t>(dst.cuda)))
-            << "int32";
+        cuda_->gather_rows(src.cuda.view(), index.cuda.view(), offset, count, 1, dst.cuda.view());
+        EXPECT_TRUE(bit_identical(values<int32_t>(dst.cpu), values<int32_t>(dst.cuda))) << "int32";
     }
     // uint8 pixels, an odd row length
     {
         const int64_t cols = 29;
         std::vector<uint8_t> bytes(static_cast<size_t>(src_rows * cols));
-        for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = uint8_t(math::hash3(3, 4, i));
+        for (size_t i = 0; i < bytes.size(); ++i)
+            bytes[i] = uint8_t(math::hash3(3, 4, i));
         Both src = both(bytes, {src_rows, cols});
         Both dst = both(std::vector<uint8_t>(size_t(count * cols), 0), {count, cols});
         cpu_->gather_rows(src.cpu.view(), index.cpu.view(), offset, count, cols, dst.cpu.view());

@@ -31,7 +31,7 @@ namespace {
 
 // A unique directory under $TMPDIR (or /tmp), removed with everything in it at the end.
 class TempDir {
-public:
+  public:
     TempDir() {
         const char* tmp = std::getenv("TMPDIR");
         std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/kiln_data_test.XXXXXX";
@@ -50,7 +50,7 @@ public:
     std::string file(const std::string& name) const { return path_ + "/" + name; }
     const std::string& path() const { return path_; }
 
-private:
+  private:
     std::string path_;
 };
 
@@ -75,10 +75,12 @@ void write_gz(const std::string& path, const std::string& bytes) {
 
 // Appends the low `n` bytes of `v`, most significant first (IDX) or least first (NPY).
 void put_be(std::string* out, uint64_t v, int n) {
-    for (int i = n - 1; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+    for (int i = n - 1; i >= 0; --i)
+        out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
 }
 void put_le(std::string* out, uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+    for (int i = 0; i < n; ++i)
+        out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
 }
 
 uint64_t float_bits(float f) {
@@ -100,13 +102,15 @@ std::string idx_bytes(uint8_t dtype, const std::vector<uint32_t>& dims,
     out.push_back(0);
     out.push_back(static_cast<char>(dtype));
     out.push_back(static_cast<char>(dims.size()));
-    for (uint32_t d : dims) put_be(&out, d, 4);
+    for (uint32_t d : dims)
+        put_be(&out, d, 4);
     return out + payload;
 }
 
 std::string u8_payload(int n) {
     std::string out;
-    for (int i = 0; i < n; ++i) out.push_back(static_cast<char>(i * 10));
+    for (int i = 0; i < n; ++i)
+        out.push_back(static_cast<char>(i * 10));
     return out;
 }
 
@@ -125,15 +129,15 @@ std::string npy_bytes(int major, const std::string& dict, const std::string& pay
 
 std::string npy_dict(const std::string& descr, const std::string& shape,
                      const char* fortran = "False") {
-    return "{'descr': '" + descr + "', 'fortran_order': " + fortran + ", 'shape': " + shape +
-           ", }";
+    return "{'descr': '" + descr + "', 'fortran_order': " + fortran + ", 'shape': " + shape + ", }";
 }
 
 // The assertion every malformed-input test makes: not ok, and the message names the file and
 // says what is wrong.
 ::testing::AssertionResult fails_with(const Status& s, const std::string& path,
                                       const std::string& word) {
-    if (s.is_ok()) return ::testing::AssertionFailure() << "expected an error, got ok";
+    if (s.is_ok())
+        return ::testing::AssertionFailure() << "expected an error, got ok";
     const std::string& msg = s.message();
     if (msg.find(path) == std::string::npos) {
         return ::testing::AssertionFailure() << "message does not name " << path << ": " << msg;
@@ -180,7 +184,8 @@ TEST(IdxTest, LoadsGzipAcrossChunks) {
     const std::string path = dir.file("big.idx.gz");
     const uint32_t n = 300000;  // 1.2 MB of int32
     std::string payload;
-    for (uint32_t i = 0; i < n; ++i) put_be(&payload, static_cast<uint32_t>(-int64_t(i)), 4);
+    for (uint32_t i = 0; i < n; ++i)
+        put_be(&payload, static_cast<uint32_t>(-int64_t(i)), 4);
     write_gz(path, idx_bytes(0x0C, {n}, payload));
 
     Array a;
@@ -330,7 +335,8 @@ TEST(IdxTest, RejectsCorruptGzip) {
     // A valid stream cut in the middle of its deflate data.
     const std::string whole = dir.file("whole.gz");
     std::string payload;
-    for (int i = 0; i < 5000; ++i) payload.push_back(static_cast<char>((i * 7919) % 251));
+    for (int i = 0; i < 5000; ++i)
+        payload.push_back(static_cast<char>((i * 7919) % 251));
     write_gz(whole, idx_bytes(0x08, {5000}, payload));
     const std::string bytes = read_file(whole);
     const std::string cut = dir.file("cut.idx.gz");
@@ -356,7 +362,8 @@ TEST(IdxTest, RejectsMissingFileAndDirectory) {
 TEST(NpyTest, LoadsVersions1To3) {
     TempDir dir;
     std::string payload;
-    for (float f : {1.0f, -2.0f, 3.5f, 0.0f, 5.0f, 6.25f}) put_le(&payload, float_bits(f), 4);
+    for (float f : {1.0f, -2.0f, 3.5f, 0.0f, 5.0f, 6.25f})
+        put_le(&payload, float_bits(f), 4);
     for (int major : {1, 2, 3}) {
         SCOPED_TRACE(testing::Message() << "version " << major << ".0");
         const std::string path = dir.file("v" + std::to_string(major) + ".npy");
@@ -398,7 +405,8 @@ TEST(NpyTest, LoadsEveryDtype) {
     for (const Case& c : cases) {
         SCOPED_TRACE(c.descr);
         std::string payload;
-        for (uint64_t v : c.raw) put_le(&payload, v, c.width);
+        for (uint64_t v : c.raw)
+            put_le(&payload, v, c.width);
         const std::string path = dir.file("a.npy");
         write_file(path, npy_bytes(1, npy_dict(c.descr, "(2,)"), payload));
         Array a;
@@ -440,7 +448,8 @@ TEST(NpyTest, SaveLoadRoundTrip) {
         const int64_t n =
             std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
         std::vector<float> values(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) values[i] = 0.5f * static_cast<float>(i) - 1.0f;
+        for (int64_t i = 0; i < n; ++i)
+            values[i] = 0.5f * static_cast<float>(i) - 1.0f;
         const std::string path = dir.file("round.npy");
         ASSERT_TRUE(save_npy(path, shape, values.data()).is_ok());
 
@@ -448,8 +457,8 @@ TEST(NpyTest, SaveLoadRoundTrip) {
         const std::string bytes = read_file(path);
         ASSERT_GE(bytes.size(), 10u);
         EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
-        const size_t header_len = static_cast<unsigned char>(bytes[8]) |
-                                  static_cast<unsigned char>(bytes[9]) << 8;
+        const size_t header_len =
+            static_cast<unsigned char>(bytes[8]) | static_cast<unsigned char>(bytes[9]) << 8;
         EXPECT_EQ((10 + header_len) % 64, 0u);
         EXPECT_EQ(bytes[10 + header_len - 1], '\n');
         EXPECT_EQ(bytes.size(), 10 + header_len + 4 * values.size());
@@ -477,7 +486,8 @@ TEST(NpyTest, RejectsTruncatedFiles) {
     Array a;
     const std::string path = dir.file("t.npy");
     std::string payload;
-    for (int i = 0; i < 6; ++i) put_le(&payload, float_bits(1.0f), 4);
+    for (int i = 0; i < 6; ++i)
+        put_le(&payload, float_bits(1.0f), 4);
     const std::string whole = npy_bytes(1, npy_dict("<f4", "(2, 3)"), payload);
 
     write_file(path, whole.substr(0, 4));  // inside the magic
@@ -683,8 +693,8 @@ TEST(CsvTest, RejectsNonNumbersWithLineAndColumn) {
 TEST(CsvTest, RejectsDirectoriesAndQuoteDelimiter) {
     TempDir dir;
     Array x, y;
-    EXPECT_TRUE(fails_with(load_csv(dir.path(), CsvOptions{}, &x, &y), dir.path(),
-                           "not a regular file"));
+    EXPECT_TRUE(
+        fails_with(load_csv(dir.path(), CsvOptions{}, &x, &y), dir.path(), "not a regular file"));
     const std::string path = dir.file("data.csv");
     write_file(path, "1,2\n");
     CsvOptions quote;
@@ -783,12 +793,14 @@ TEST(DatasetTest, LoadsIdxDirectoryPlainAndGzip) {
 TEST(DatasetTest, LoadsNpyDirectory) {
     TempDir dir;
     std::string x;
-    for (float f : {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f}) put_le(&x, float_bits(f), 4);
+    for (float f : {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f})
+        put_le(&x, float_bits(f), 4);
     write_file(dir.file("x_train.npy"), npy_bytes(1, npy_dict("<f4", "(3, 2)"), x));
     write_file(dir.file("y_train.npy"), npy_bytes(1, npy_dict("<i8", "(3,)"),
                                                   std::string("\x02\0\0\0\0\0\0\0"
                                                               "\x00\0\0\0\0\0\0\0"
-                                                              "\x01\0\0\0\0\0\0\0", 24)));
+                                                              "\x01\0\0\0\0\0\0\0",
+                                                              24)));
     Dataset d;
     Status s = load_dataset(dir.path(), DatasetOptions{}, &d);
     ASSERT_TRUE(s.is_ok()) << s.message();
@@ -805,8 +817,8 @@ TEST(DatasetTest, LoadsNpyDirectory) {
 
     // Half a test split is a mistake, not an absent split.
     write_file(dir.file("x_test.npy"), npy_bytes(1, npy_dict("<f4", "(1, 2)"), x.substr(0, 8)));
-    EXPECT_TRUE(fails_with(load_dataset(dir.path(), DatasetOptions{}, &d), dir.path(),
-                           "y_test.npy"));
+    EXPECT_TRUE(
+        fails_with(load_dataset(dir.path(), DatasetOptions{}, &d), dir.path(), "y_test.npy"));
     write_file(dir.file("y_test.npy"), npy_bytes(1, npy_dict("|u1", "(1,)"), "\x07"));
     s = load_dataset(dir.path(), DatasetOptions{}, &d);
     ASSERT_TRUE(s.is_ok()) << s.message();
@@ -833,8 +845,8 @@ TEST(DatasetTest, RejectsTestSplitOfAnotherShape) {
     write_file(dir.file("x_test.npy"), npy_bytes(1, npy_dict("|u1", "(3, 2)"), "abcdef"));
     write_file(dir.file("y_test.npy"), npy_bytes(1, npy_dict("|u1", "(3,)"), "\x01\x02\x03"));
     Dataset d;
-    EXPECT_TRUE(fails_with(load_dataset(dir.path(), DatasetOptions{}, &d),
-                           dir.file("x_test.npy"), "differ in shape"));
+    EXPECT_TRUE(fails_with(load_dataset(dir.path(), DatasetOptions{}, &d), dir.file("x_test.npy"),
+                           "differ in shape"));
 }
 
 TEST(DatasetTest, LoadsCsvWithSeparateTestFile) {
@@ -899,14 +911,13 @@ TEST(DatasetTest, RejectsUnknownSpecs) {
                            "no/such/data.npy", "neither a directory nor a file"));
 
     TempDir dir;
-    EXPECT_TRUE(fails_with(load_dataset(dir.path(), DatasetOptions{}, &d), dir.path(),
-                           "no dataset files"));
+    EXPECT_TRUE(
+        fails_with(load_dataset(dir.path(), DatasetOptions{}, &d), dir.path(), "no dataset files"));
     const std::string txt = dir.file("notes.txt");
     write_file(txt, "hello");
     EXPECT_TRUE(fails_with(load_dataset(txt, DatasetOptions{}, &d), txt, "file type"));
     const std::string h5 = dir.file("missing.h5");
-    EXPECT_TRUE(fails_with(load_dataset(h5 + ":/group", DatasetOptions{}, &d), h5,
-                           "no such file"));
+    EXPECT_TRUE(fails_with(load_dataset(h5 + ":/group", DatasetOptions{}, &d), h5, "no such file"));
 }
 
 // ---- HDF5 (the reader itself is tested with src/io; this checks the dataset wiring) -----------
@@ -959,8 +970,8 @@ TEST(DatasetTest, LoadsHdf5File) {
     EXPECT_EQ(inputs.values, (std::vector<float>{9, 10}));
 
     // A group without the expected datasets says what it does hold.
-    EXPECT_TRUE(fails_with(load_dataset(path + ":/nothing", DatasetOptions{}, &d), path,
-                           "nothing"));
+    EXPECT_TRUE(
+        fails_with(load_dataset(path + ":/nothing", DatasetOptions{}, &d), path, "nothing"));
 }
 
 // ---- the installed Fashion-MNIST ---------------------------------------------------------------
@@ -982,8 +993,8 @@ TEST(DatasetTest, LoadsInstalledFashionMnist) {
     EXPECT_EQ(*lo, 0.0f);
     EXPECT_EQ(*hi, 1.0f);
     // The first image's pixel sum, as bytes, is 76247 (checked with Python's gzip module).
-    const float first = std::accumulate(d.train.x.values.begin(),
-                                        d.train.x.values.begin() + 784, 0.0f);
+    const float first =
+        std::accumulate(d.train.x.values.begin(), d.train.x.values.begin() + 784, 0.0f);
     EXPECT_NEAR(first, 76247.0f / 255.0f, 1e-2f);
 
     // Labels: (N, 1), integers 0..9, 6000 of each class, the first ones 9, 0, 0, 3.

@@ -61,16 +61,20 @@ FitArgs quiet(int epochs, int64_t batch = 16) {
 
 // Records what fit tells the callbacks.
 class Recorder : public Callback {
-public:
+  public:
     void on_train_begin(const Logs&) override { events.push_back("train_begin"); }
-    void on_epoch_begin(int e, const Logs&) override { events.push_back("epoch_begin " + std::to_string(e)); }
+    void on_epoch_begin(int e, const Logs&) override {
+        events.push_back("epoch_begin " + std::to_string(e));
+    }
     void on_train_batch_end(int64_t, const Logs&) override { ++batches; }
     void on_test_begin(const Logs&) override { ++tests; }
     void on_epoch_end(int e, const Logs& logs) override {
         events.push_back("epoch_end " + std::to_string(e));
         keys.clear();
-        for (const auto& [k, v] : logs.items()) keys.push_back(k);
-        if (stop_after >= 0 && e >= stop_after) model_->stop_training = true;
+        for (const auto& [k, v] : logs.items())
+            keys.push_back(k);
+        if (stop_after >= 0 && e >= stop_after)
+            model_->stop_training = true;
     }
     void on_train_end(const Logs&) override { events.push_back("train_end"); }
 
@@ -103,7 +107,8 @@ TEST(FitTest, ValidationSplitTakesTheLastSamplesAsKerasDoes) {
     EXPECT_EQ(ha.history.at("val_loss"), hb.history.at("val_loss"));
     EXPECT_EQ(ha.history.at("loss"), hb.history.at("loss"));
     // Three validation samples: accuracy is a multiple of 1/3.
-    for (double v : ha.history.at("val_accuracy")) EXPECT_NEAR(v * 3, std::round(v * 3), 1e-9);
+    for (double v : ha.history.at("val_accuracy"))
+        EXPECT_NEAR(v * 3, std::round(v * 3), 1e-9);
 }
 
 TEST(FitTest, KeepsTheLastPartialBatchAndCallsEveryHook) {
@@ -118,7 +123,8 @@ TEST(FitTest, KeepsTheLastPartialBatchAndCallsEveryHook) {
     EXPECT_EQ(rec->tests, 2);
     EXPECT_EQ(rec->events, (std::vector<std::string>{"train_begin", "epoch_begin 0", "epoch_end 0",
                                                      "epoch_begin 1", "epoch_end 1", "train_end"}));
-    EXPECT_EQ(rec->keys, (std::vector<std::string>{"loss", "accuracy", "val_loss", "val_accuracy"}));
+    EXPECT_EQ(rec->keys,
+              (std::vector<std::string>{"loss", "accuracy", "val_loss", "val_accuracy"}));
 
     auto m2 = small_model();
     auto rec2 = std::make_shared<Recorder>();
@@ -217,7 +223,8 @@ TEST(FitTest, PredictGivesProbabilities) {
     ASSERT_EQ(p.shape, (Shape{20, 3}));
     for (int64_t r = 0; r < 20; ++r) {
         double s = 0;
-        for (int c = 0; c < 3; ++c) s += p.values[size_t(r * 3 + c)];
+        for (int c = 0; c < 3; ++c)
+            s += p.values[size_t(r * 3 + c)];
         EXPECT_NEAR(s, 1.0, 1e-5);
     }
 }
@@ -250,8 +257,7 @@ TEST(FitTest, BadInputIsRejectedBeforeTraining) {
 TEST(FitTest, EveryOptimizerTrains) {
     const Toy t = toy(500);
     for (const Optimizer& opt : {optimizers::SGD(0.1f), optimizers::SGD(0.05f, 0.9f, true),
-                                 optimizers::Adam(), optimizers::AdamW(),
-                                 optimizers::RMSprop()}) {
+                                 optimizers::Adam(), optimizers::AdamW(), optimizers::RMSprop()}) {
         Sequential m({layers::Dense(16, "relu"), layers::Dense(3, "softmax")}, layers::Input({6}));
         m.compile(opt, losses::SparseCategoricalCrossentropy(), {"accuracy"}, cpu());
         const History h = m.fit(t.x, t.y, quiet(5));
@@ -263,7 +269,8 @@ TEST(FitTest, EveryOptimizerTrains) {
 TEST(FitTest, ShortFashionMnistRunReachesEightyPercent) {
     data::Dataset d;
     const Status s = data::load_dataset(testing::fashion_mnist_dir(), {}, &d);
-    if (!s.is_ok()) GTEST_SKIP() << "Fashion-MNIST is not installed: " << s.message();
+    if (!s.is_ok())
+        GTEST_SKIP() << "Fashion-MNIST is not installed: " << s.message();
     // The first 12,000 training images, 2 epochs; the first 2,000 test images.
     auto head = [](const data::Array& a, int64_t n) {
         data::Array h = a;

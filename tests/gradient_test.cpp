@@ -30,20 +30,24 @@ struct GradCase {
 
 data::Array make_targets(GradCase::Targets kind, int64_t n, int64_t cols) {
     switch (kind) {
-        case GradCase::Targets::kSparse: return random_labels(n, cols, 5);
+        case GradCase::Targets::kSparse:
+            return random_labels(n, cols, 5);
         case GradCase::Targets::kOneHot: {
             data::Array labels = random_labels(n, cols, 6);
             std::vector<float> v(size_t(n * cols), 0.0f);
-            for (int64_t r = 0; r < n; ++r) v[size_t(r * cols + int64_t(labels.values[r]))] = 1;
+            for (int64_t r = 0; r < n; ++r)
+                v[size_t(r * cols + int64_t(labels.values[r]))] = 1;
             return make_array({n, cols}, v);
         }
         case GradCase::Targets::kBinary: {
             std::vector<float> v = random_values(size_t(n * cols), 8, 0.0f, 1.0f);
-            for (float& x : v) x = x < 0.5f ? 0.0f : 1.0f;
+            for (float& x : v)
+                x = x < 0.5f ? 0.0f : 1.0f;
             return make_array({n, cols}, v);
         }
         case GradCase::Targets::kReal:
-        default: return make_array({n, cols}, random_values(size_t(n * cols), 9));
+        default:
+            return make_array({n, cols}, random_values(size_t(n * cols), 9));
     }
 }
 
@@ -86,14 +90,17 @@ void check_gradients(GradCase c) {
     EXPECT_TRUE(testing::all_close(analytic, numeric, 1e-7, 1e-5));
     // A gradient check that compares zeros with zeros proves nothing.
     double norm = 0;
-    for (double g : analytic) norm += g * g;
+    for (double g : analytic)
+        norm += g * g;
     EXPECT_GT(norm, 1e-8);
 }
 
-Loss sparse() { return losses::SparseCategoricalCrossentropy(); }
+Loss sparse() {
+    return losses::SparseCategoricalCrossentropy();
+}
 
-const char* kActivations[] = {"linear", "relu", "sigmoid", "tanh",
-                              "softmax", "gelu", "elu", "leaky_relu"};
+const char* kActivations[] = {"linear",  "relu", "sigmoid", "tanh",
+                              "softmax", "gelu", "elu",     "leaky_relu"};
 
 TEST(GradientTest, DenseWithEveryActivation) {
     for (const char* act : kActivations) {
@@ -151,37 +158,70 @@ TEST(GradientTest, FlattenOfAnImage) {
 TEST(GradientTest, SparseCategoricalCrossentropyEveryForm) {
     // Fused with a final softmax, from logits, and on probabilities that do not come from a
     // softmax (normalised by Keras's rule).
-    check_gradients({"sparse fused softmax", {layers::Dense(4, "softmax")}, {3}, sparse(),
+    check_gradients({"sparse fused softmax",
+                     {layers::Dense(4, "softmax")},
+                     {3},
+                     sparse(),
                      GradCase::Targets::kSparse});
-    check_gradients({"sparse from logits", {layers::Dense(4)}, {3},
-                     losses::SparseCategoricalCrossentropy(true), GradCase::Targets::kSparse});
-    check_gradients({"sparse on sigmoid probabilities", {layers::Dense(4, "sigmoid")}, {3}, sparse(),
+    check_gradients({"sparse from logits",
+                     {layers::Dense(4)},
+                     {3},
+                     losses::SparseCategoricalCrossentropy(true),
+                     GradCase::Targets::kSparse});
+    check_gradients({"sparse on sigmoid probabilities",
+                     {layers::Dense(4, "sigmoid")},
+                     {3},
+                     sparse(),
                      GradCase::Targets::kSparse});
 }
 
 TEST(GradientTest, CategoricalCrossentropyEveryForm) {
-    check_gradients({"categorical fused softmax", {layers::Dense(4, "softmax")}, {3},
-                     losses::CategoricalCrossentropy(), GradCase::Targets::kOneHot});
-    check_gradients({"categorical from logits", {layers::Dense(4)}, {3},
-                     losses::CategoricalCrossentropy(true), GradCase::Targets::kOneHot});
-    check_gradients({"categorical on sigmoid probabilities", {layers::Dense(4, "sigmoid")}, {3},
-                     losses::CategoricalCrossentropy(), GradCase::Targets::kOneHot});
+    check_gradients({"categorical fused softmax",
+                     {layers::Dense(4, "softmax")},
+                     {3},
+                     losses::CategoricalCrossentropy(),
+                     GradCase::Targets::kOneHot});
+    check_gradients({"categorical from logits",
+                     {layers::Dense(4)},
+                     {3},
+                     losses::CategoricalCrossentropy(true),
+                     GradCase::Targets::kOneHot});
+    check_gradients({"categorical on sigmoid probabilities",
+                     {layers::Dense(4, "sigmoid")},
+                     {3},
+                     losses::CategoricalCrossentropy(),
+                     GradCase::Targets::kOneHot});
 }
 
 TEST(GradientTest, BinaryCrossentropyEveryForm) {
-    check_gradients({"binary fused sigmoid", {layers::Dense(2, "sigmoid")}, {3},
-                     losses::BinaryCrossentropy(), GradCase::Targets::kBinary});
-    check_gradients({"binary from logits", {layers::Dense(2)}, {3},
-                     losses::BinaryCrossentropy(true), GradCase::Targets::kBinary});
-    check_gradients({"binary on softmax probabilities", {layers::Dense(2, "softmax")}, {3},
-                     losses::BinaryCrossentropy(), GradCase::Targets::kBinary});
+    check_gradients({"binary fused sigmoid",
+                     {layers::Dense(2, "sigmoid")},
+                     {3},
+                     losses::BinaryCrossentropy(),
+                     GradCase::Targets::kBinary});
+    check_gradients({"binary from logits",
+                     {layers::Dense(2)},
+                     {3},
+                     losses::BinaryCrossentropy(true),
+                     GradCase::Targets::kBinary});
+    check_gradients({"binary on softmax probabilities",
+                     {layers::Dense(2, "softmax")},
+                     {3},
+                     losses::BinaryCrossentropy(),
+                     GradCase::Targets::kBinary});
 }
 
 TEST(GradientTest, RegressionLosses) {
-    check_gradients({"mean squared error", {layers::Dense(5, "tanh"), layers::Dense(2)}, {3},
-                     losses::MeanSquaredError(), GradCase::Targets::kReal});
-    check_gradients({"mean absolute error", {layers::Dense(5, "tanh"), layers::Dense(2)}, {3},
-                     losses::MeanAbsoluteError(), GradCase::Targets::kReal});
+    check_gradients({"mean squared error",
+                     {layers::Dense(5, "tanh"), layers::Dense(2)},
+                     {3},
+                     losses::MeanSquaredError(),
+                     GradCase::Targets::kReal});
+    check_gradients({"mean absolute error",
+                     {layers::Dense(5, "tanh"), layers::Dense(2)},
+                     {3},
+                     losses::MeanAbsoluteError(),
+                     GradCase::Targets::kReal});
 }
 
 // ---- image layers ---------------------------------------------------------------------------
@@ -190,7 +230,8 @@ TEST(GradientTest, RegressionLosses) {
 
 GradCase image_case(std::string label, std::vector<LayerPtr> middle, Shape input = {7, 7, 2}) {
     std::vector<LayerPtr> all = {layers::Conv2D(2, {2, 2}, "tanh")};
-    for (auto& layer : middle) all.push_back(layer);
+    for (auto& layer : middle)
+        all.push_back(layer);
     all.push_back(layers::Flatten());
     all.push_back(layers::Dense(3, "softmax"));
     return {std::move(label), std::move(all), std::move(input), sparse(),
@@ -218,8 +259,8 @@ TEST(GradientTest, Conv2DStridesDilationAndShapes) {
                                {layers::Conv2D(2, {3, 2}, "sigmoid", {1, 1}, "same", {2, 3})}));
     check_gradients(image_case("Conv2D 1x1 without bias",
                                {layers::Conv2D(3, {1, 1}, "elu", {1, 1}, "valid", {1, 1}, false)}));
-    check_gradients(image_case("Conv2D gelu (keeps its pre-activation)",
-                               {layers::Conv2D(2, {3, 3}, "gelu")}));
+    check_gradients(
+        image_case("Conv2D gelu (keeps its pre-activation)", {layers::Conv2D(2, {3, 3}, "gelu")}));
 }
 
 TEST(GradientTest, Conv2DAsTheFirstLayer) {
@@ -262,12 +303,12 @@ TEST(GradientTest, BatchNormalizationInTraining) {
                                {layers::BatchNormalization(0.99f, 1e-3f, true, false)}));
     check_gradients(image_case("BatchNormalization without center or scale",
                                {layers::BatchNormalization(0.9f, 1e-2f, false, false)}));
-    check_gradients({"BatchNormalization of features",
-                     {layers::Dense(5, "tanh"), layers::BatchNormalization(),
-                      layers::Dense(3, "softmax")},
-                     {4},
-                     sparse(),
-                     GradCase::Targets::kSparse});
+    check_gradients(
+        {"BatchNormalization of features",
+         {layers::Dense(5, "tanh"), layers::BatchNormalization(), layers::Dense(3, "softmax")},
+         {4},
+         sparse(),
+         GradCase::Targets::kSparse});
     check_gradients({"BatchNormalization first",
                      {layers::BatchNormalization(), layers::Conv2D(2, {2, 2}, "tanh"),
                       layers::Flatten(), layers::Dense(3, "softmax")},
@@ -277,21 +318,21 @@ TEST(GradientTest, BatchNormalizationInTraining) {
 }
 
 TEST(GradientTest, ReshapeBetweenDenseAndConv2D) {
-    check_gradients({"Reshape",
-                     {layers::Dense(12, "tanh"), layers::Reshape({2, -1, 2}),
-                      layers::Conv2D(2, {2, 2}, "tanh"), layers::Flatten(),
-                      layers::Dense(3, "softmax")},
-                     {4},
-                     sparse(),
-                     GradCase::Targets::kSparse});
+    check_gradients(
+        {"Reshape",
+         {layers::Dense(12, "tanh"), layers::Reshape({2, -1, 2}), layers::Conv2D(2, {2, 2}, "tanh"),
+          layers::Flatten(), layers::Dense(3, "softmax")},
+         {4},
+         sparse(),
+         GradCase::Targets::kSparse});
 }
 
 TEST(GradientTest, TheMnistConvnetShape) {
     // The preset's layers, smaller.
     check_gradients({"Conv2D, MaxPooling2D, Conv2D, MaxPooling2D, Dropout",
                      {layers::Conv2D(3, {3, 3}, "relu"), layers::MaxPooling2D(),
-                      layers::Conv2D(4, {3, 3}, "relu"), layers::MaxPooling2D(),
-                      layers::Flatten(), layers::Dropout(0.5f), layers::Dense(3, "softmax")},
+                      layers::Conv2D(4, {3, 3}, "relu"), layers::MaxPooling2D(), layers::Flatten(),
+                      layers::Dropout(0.5f), layers::Dense(3, "softmax")},
                      {12, 12, 1},
                      sparse(),
                      GradCase::Targets::kSparse});

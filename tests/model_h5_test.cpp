@@ -35,12 +35,13 @@ constexpr const char* kPython = "/usr/bin/python3";
 
 // A fresh directory under the test temp dir, removed with its contents.
 class TempDir {
-public:
+  public:
     TempDir() {
         std::string pattern = testing::TempDir() + "kiln_h5_XXXXXX";
         std::vector<char> buffer(pattern.begin(), pattern.end());
         buffer.push_back('\0');
-        if (mkdtemp(buffer.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
+        if (mkdtemp(buffer.data()) == nullptr)
+            ADD_FAILURE() << "mkdtemp failed";
         path_ = buffer.data();
     }
     ~TempDir() {
@@ -64,7 +65,7 @@ public:
         return names;
     }
 
-private:
+  private:
     std::string path_;
 };
 
@@ -86,9 +87,9 @@ bool python_has_h5py() {
     return available;
 }
 
-#define SKIP_WITHOUT_H5PY()                                                                     \
-    if (!python_has_h5py()) {                                                                   \
-        GTEST_SKIP() << kPython << " cannot import h5py and numpy (Debian: python3-h5py)";     \
+#define SKIP_WITHOUT_H5PY()                                                                \
+    if (!python_has_h5py()) {                                                              \
+        GTEST_SKIP() << kPython << " cannot import h5py and numpy (Debian: python3-h5py)"; \
     }
 
 // Runs `script` with `args`; returns the exit status, with stdout and stderr in *output.
@@ -97,8 +98,8 @@ int run_python(const TempDir& dir, const std::string& script, const std::string&
     const std::string script_path = dir.file("check.py");
     const std::string output_path = dir.file("python.out");
     write_bytes(script_path, script);
-    const std::string command = std::string(kPython) + " " + script_path + " " + args + " >" +
-                                output_path + " 2>&1";
+    const std::string command =
+        std::string(kPython) + " " + script_path + " " + args + " >" + output_path + " 2>&1";
     int status = std::system(command.c_str());
     *output = read_bytes(output_path);
     fs::remove(script_path);
@@ -158,7 +159,8 @@ SavedModel small_model() {
         for (int j = 0; j < counts[i]; ++j) {
             const Shape& shape = shapes[i][j];
             int64_t n = 1;
-            for (int64_t d : shape) n *= d;
+            for (int64_t d : shape)
+                n *= d;
             layer.weights.push_back({j == 0 ? "kernel" : "bias", shape, pattern(10 * i + j, n)});
         }
         model.weights.push_back(std::move(layer));
@@ -199,9 +201,9 @@ void replace_model_config(const std::string& path, const std::string& json_text)
     h5::File file(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
     ASSERT_TRUE(file.valid());
     ASSERT_GE(H5Adelete(file.get(), "model_config"), 0);
-    ASSERT_TRUE(h5::write_string_attribute(file.get(), h5::Where{path, "/"}, "model_config",
-                                           json_text)
-                    .is_ok());
+    ASSERT_TRUE(
+        h5::write_string_attribute(file.get(), h5::Where{path, "/"}, "model_config", json_text)
+            .is_ok());
     ASSERT_GE(file.close(), 0);
 }
 
@@ -412,9 +414,9 @@ void check_keras_style_file(const std::string& variant) {
     TempDir dir;
     const std::string path = dir.file("keras.h5");
     std::string output;
-    ASSERT_EQ(run_python(dir, std::string(kPythonPattern) + kKerasWriter, path + " " + variant,
-                         &output),
-              0)
+    ASSERT_EQ(
+        run_python(dir, std::string(kPythonPattern) + kKerasWriter, path + " " + variant, &output),
+        0)
         << output;
 
     SavedModel loaded;
@@ -437,7 +439,8 @@ void check_keras_style_file(const std::string& variant) {
             EXPECT_EQ(w.name, j == 0 ? "kernel" : "bias");
             EXPECT_EQ(w.shape, shapes[i][j]);
             int64_t n = 1;
-            for (int64_t d : w.shape) n *= d;
+            for (int64_t d : w.shape)
+                n *= d;
             EXPECT_EQ(w.values, pattern(seeds[i] + j, n)) << "layer " << i << " weight " << j;
         }
     }
@@ -467,9 +470,11 @@ TEST(ModelH5, MismatchesNameTheLayer) {
         std::vector<std::string> expected;  // substrings of the message
     };
     const Case cases[] = {
-        {"kernel shape", [](ModelConfig* c) { c->layers[3].units = 6; },
+        {"kernel shape",
+         [](ModelConfig* c) { c->layers[3].units = 6; },
          {"layer 'dense_1'", "(8, 5)", "(8, 6)"}},
-        {"weight count", [](ModelConfig* c) { c->layers[1].use_bias = false; },
+        {"weight count",
+         [](ModelConfig* c) { c->layers[1].use_bias = false; },
          {"layer 'dense'", "2 weights", "needs 1"}},
         {"layer count",
          [](ModelConfig* c) {
@@ -502,7 +507,8 @@ TEST(ModelH5, OverwriteReplacesTheFileAndLeavesNoTemporary) {
     SavedModel first = small_model();
     ASSERT_TRUE(save_model_h5(path, first).is_ok());
     SavedModel second = small_model();
-    for (float& v : second.weights[0].weights[0].values) v += 1.0f;
+    for (float& v : second.weights[0].weights[0].values)
+        v += 1.0f;
     ASSERT_TRUE(save_model_h5(path, second).is_ok());
 
     SavedModel loaded;
@@ -552,7 +558,8 @@ TEST(ModelH5, FailedRenameLeavesNoTemporary) {
 }
 
 TEST(ModelH5, UnwritableDirectoryLeavesExistingFileUntouched) {
-    if (geteuid() == 0) GTEST_SKIP() << "running as root: directory permissions are not enforced";
+    if (geteuid() == 0)
+        GTEST_SKIP() << "running as root: directory permissions are not enforced";
     TempDir dir;
     const std::string path = dir.file("best.h5");
     ASSERT_TRUE(save_model_h5(path, small_model()).is_ok());
@@ -588,7 +595,8 @@ TEST(ModelH5, GarbageAndTruncatedFilesAreErrors) {
     // crash, and each names the file.
     std::mt19937 rng(7);
     std::string garbage(4096, '\0');
-    for (char& c : garbage) c = static_cast<char>(rng());
+    for (char& c : garbage)
+        c = static_cast<char>(rng());
     std::vector<std::string> corpus = {garbage, ""};
     for (size_t cut : {size_t{8}, size_t{100}, size_t{600}, bytes.size() / 4, bytes.size() / 2,
                        bytes.size() * 3 / 4, bytes.size() - 1}) {
@@ -629,8 +637,8 @@ TEST(ModelH5, HDF5FileWithoutModelIsAnError) {
 // ---- HDF5 datasets as arrays ----------------------------------------------------------------
 
 // Creates `name` in `file` with `file_type`, written from `mem_type` data.
-void make_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type,
-                  const Shape& shape, const void* data) {
+void make_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type, const Shape& shape,
+                  const void* data) {
     std::vector<hsize_t> dims(shape.begin(), shape.end());
     h5::Dataspace space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
     h5::PropList lcpl(H5Pcreate(H5P_LINK_CREATE));
@@ -644,12 +652,13 @@ void make_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type,
 }
 
 class HDF5Array : public testing::Test {
-protected:
+  protected:
     void SetUp() override {
         path_ = dir_.file("data.h5");
         h5::File file(H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
         ASSERT_TRUE(file.valid());
-        for (int i = 0; i < 6; ++i) pixels_[i] = static_cast<uint8_t>(i * 50 + 5);
+        for (int i = 0; i < 6; ++i)
+            pixels_[i] = static_cast<uint8_t>(i * 50 + 5);
         make_dataset(file.get(), "/x_u8", H5T_STD_U8LE, H5T_NATIVE_UINT8, {2, 3}, pixels_);
         const double reals[4] = {0.1, -2.5, 1e30, 3.0};
         make_dataset(file.get(), "/group/x_f64", H5T_IEEE_F64BE, H5T_NATIVE_DOUBLE, {4}, reals);
@@ -668,8 +677,8 @@ protected:
         h5::Dataspace space(H5Screate_simple(2, dims, nullptr));
         h5::PropList dcpl(H5Pcreate(H5P_DATASET_CREATE));
         H5Pset_chunk(dcpl.get(), 2, chunk);
-        h5::Dataset huge(H5Dcreate2(file.get(), "/huge", H5T_IEEE_F32LE, space.get(),
-                                    H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
+        h5::Dataset huge(H5Dcreate2(file.get(), "/huge", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+                                    dcpl.get(), H5P_DEFAULT));
         ASSERT_TRUE(huge.valid());
         // Under the element limit (2^30), but 4 GiB declared over nothing stored.
         const hsize_t bomb_dims[2] = {hsize_t{1} << 15, hsize_t{1} << 15};
@@ -692,7 +701,8 @@ TEST_F(HDF5Array, LoadsUint8AsPixels) {
     EXPECT_TRUE(array.from_uint8);
     EXPECT_EQ(array.source, path_ + ":/x_u8");
     ASSERT_EQ(array.values.size(), 6u);
-    for (int i = 0; i < 6; ++i) EXPECT_EQ(array.values[i], static_cast<float>(pixels_[i]));
+    for (int i = 0; i < 6; ++i)
+        EXPECT_EQ(array.values[i], static_cast<float>(pixels_[i]));
 }
 
 TEST_F(HDF5Array, ConvertsFloat64AndInt64) {
@@ -715,8 +725,8 @@ TEST_F(HDF5Array, ListsDatasetsOnly) {
     Status s = data::list_hdf5_datasets(path_, "/", &names);
     ASSERT_TRUE(s.is_ok()) << s.message();
     // Not the group, not the soft link.
-    EXPECT_EQ(names, std::vector<std::string>(
-                         {"bomb", "huge", "names", "unwritten", "x_u8", "y_i64"}));
+    EXPECT_EQ(names,
+              std::vector<std::string>({"bomb", "huge", "names", "unwritten", "x_u8", "y_i64"}));
     s = data::list_hdf5_datasets(path_, "group", &names);
     ASSERT_TRUE(s.is_ok()) << s.message();
     EXPECT_EQ(names, std::vector<std::string>({"x_f64"}));

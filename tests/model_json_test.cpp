@@ -272,9 +272,10 @@ TEST(ModelJson, OtherLayersAndInitializers) {
     ASSERT_EQ(config.layers.size(), 8u);
 
     // Keras's automatic names: the snake-cased class, then _1, _2, ...
-    const char* names[] = {"input_layer", "flatten", "dense", "activation",
+    const char* names[] = {"input_layer", "flatten", "dense",     "activation",
                            "dropout",     "dense_1", "dropout_1", "dense_2"};
-    for (size_t i = 0; i < config.layers.size(); ++i) EXPECT_EQ(config.layers[i].name, names[i]);
+    for (size_t i = 0; i < config.layers.size(); ++i)
+        EXPECT_EQ(config.layers[i].name, names[i]);
 
     EXPECT_EQ(config.layers[0].input_shape, Shape({28, 28}));
     EXPECT_EQ(config.layers[1].class_name, "Flatten");
@@ -334,13 +335,23 @@ TEST(ModelJson, WritesTheKeras2Dialect) {
     EXPECT_EQ(dense["config"]["bias_initializer"],
               json::parse(R"({"class_name": "Zeros", "config": {}})"));
     for (const auto& item : dense["config"].items()) {
-        static const std::set<std::string> allowed = {
-            "name", "trainable", "dtype", "units", "activation", "use_bias",
-            "kernel_initializer", "bias_initializer", "kernel_regularizer", "bias_regularizer",
-            "activity_regularizer", "kernel_constraint", "bias_constraint"};
+        static const std::set<std::string> allowed = {"name",
+                                                      "trainable",
+                                                      "dtype",
+                                                      "units",
+                                                      "activation",
+                                                      "use_bias",
+                                                      "kernel_initializer",
+                                                      "bias_initializer",
+                                                      "kernel_regularizer",
+                                                      "bias_regularizer",
+                                                      "activity_regularizer",
+                                                      "kernel_constraint",
+                                                      "bias_constraint"};
         EXPECT_EQ(allowed.count(item.key()), 1u) << "unexpected key " << item.key();
     }
-    for (const json& layer : layers) EXPECT_EQ(layer.size(), 2u) << layer.dump();
+    for (const json& layer : layers)
+        EXPECT_EQ(layer.size(), 2u) << layer.dump();
 }
 
 TEST(ModelJson, RoundTripIsLossless) {
@@ -381,9 +392,9 @@ TEST(ModelJson, RoundTripIsLossless) {
     activation.name = "act";
     activation.activation = "tanh";
     built.layers = {input, flatten, dense, dropout, activation};
-    const char* initializers[] = {"glorot_uniform", "glorot_normal", "he_normal",
-                                  "he_uniform",     "lecun_normal",  "lecun_uniform",
-                                  "random_normal",  "random_uniform", "zeros", "ones"};
+    const char* initializers[] = {
+        "glorot_uniform", "glorot_normal", "he_normal",      "he_uniform", "lecun_normal",
+        "lecun_uniform",  "random_normal", "random_uniform", "zeros",      "ones"};
     for (const char* name : initializers) {
         LayerConfig extra = dense;
         extra.name = std::string("init_") + name;
@@ -416,8 +427,8 @@ TEST(ModelJson, WriterNamesUnnamedLayers) {
 }
 
 TEST(ModelJson, UnknownLayerClassNamesTheLayer) {
-    std::string message = parse_error(with_layer(
-        R"({"class_name": "Conv3D", "config": {"name": "conv3d", "filters": 8}})"));
+    std::string message = parse_error(
+        with_layer(R"({"class_name": "Conv3D", "config": {"name": "conv3d", "filters": 8}})"));
     EXPECT_NE(message.find("Conv3D"), std::string::npos) << message;
     EXPECT_NE(message.find("layer 1"), std::string::npos) << message;
     EXPECT_NE(message.find("'conv3d'"), std::string::npos) << message;
@@ -444,10 +455,11 @@ TEST(ModelJson, RegularizerIsUnsupported) {
     EXPECT_NE(message.find("'dense'"), std::string::npos) << message;
     EXPECT_NE(message.find("not supported"), std::string::npos) << message;
 
-    for (const char* key : {"bias_regularizer", "activity_regularizer", "kernel_constraint",
-                            "bias_constraint"}) {
+    for (const char* key :
+         {"bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint"}) {
         message = parse_error(with_layer(std::string(R"({"class_name": "Dense", "config": {
-            "name": "d", "units": 3, ")") + key + R"(": {"class_name": "X", "config": {}}}})"));
+            "name": "d", "units": 3, ")") +
+                                         key + R"(": {"class_name": "X", "config": {}}}})"));
         EXPECT_NE(message.find(key), std::string::npos) << message;
         EXPECT_NE(message.find("'d'"), std::string::npos) << message;
     }
@@ -467,22 +479,29 @@ TEST(ModelJson, UnsupportedArgumentValues) {
     };
     const Case cases[] = {
         {R"({"class_name": "Dropout", "config": {"name": "dp", "rate": 0.5,
-             "noise_shape": [null, 1]}})", "noise_shape"},
+             "noise_shape": [null, 1]}})",
+         "noise_shape"},
         {R"({"class_name": "Dropout", "config": {"name": "dp", "rate": 1.0}})", "rate"},
         {R"({"class_name": "Flatten", "config": {"name": "fl",
-             "data_format": "channels_first"}})", "channels_first"},
+             "data_format": "channels_first"}})",
+         "channels_first"},
         {R"({"class_name": "Dense", "config": {"name": "d", "units": 0}})", "units"},
         {R"({"class_name": "Dense", "config": {"name": "d", "units": 3,
-             "kernel_initializer": "orthogonal"}})", "orthogonal"},
+             "kernel_initializer": "orthogonal"}})",
+         "orthogonal"},
         {R"({"class_name": "Dense", "config": {"name": "d", "units": 3,
              "kernel_initializer": {"class_name": "RandomNormal",
-             "config": {"mean": 0.0, "stddev": 0.01, "seed": null}}}})", "stddev"},
+             "config": {"mean": 0.0, "stddev": 0.01, "seed": null}}}})",
+         "stddev"},
         {R"({"class_name": "Dense", "config": {"name": "d", "units": 3,
-             "dtype": "float64"}})", "float64"},
+             "dtype": "float64"}})",
+         "float64"},
         {R"({"class_name": "Dense", "config": {"name": "d", "units": 3,
-             "trainable": false}})", "trainable"},
+             "trainable": false}})",
+         "trainable"},
         {R"({"module": "my_project.layers", "class_name": "Dense",
-             "config": {"name": "d", "units": 3}})", "my_project"},
+             "config": {"name": "d", "units": 3}})",
+         "my_project"},
     };
     for (const Case& c : cases) {
         std::string message = parse_error(with_layer(c.layer));

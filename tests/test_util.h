@@ -70,7 +70,7 @@ template <typename A, typename B>
 
 // A fresh directory under /tmp, removed with its contents when the object goes away.
 class TempDir {
-public:
+  public:
     TempDir() {
         char pattern[] = "/tmp/kiln-test-XXXXXX";
         path_ = mkdtemp(pattern);
@@ -81,7 +81,7 @@ public:
     const std::string& path() const { return path_; }
     std::string file(const std::string& name) const { return path_ + "/" + name; }
 
-private:
+  private:
     std::string path_;
 };
 

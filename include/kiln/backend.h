@@ -39,7 +39,7 @@ struct StagingRegion {
 // reading it is done, and `host()` is not read before `wait` returns. Neither call is counted
 // in Backend::reads(), and neither makes the training thread wait for the device.
 class StagingBuffer {
-public:
+  public:
     virtual ~StagingBuffer() = default;
     StagingBuffer(const StagingBuffer&) = delete;
     StagingBuffer& operator=(const StagingBuffer&) = delete;
@@ -56,15 +56,15 @@ public:
     // Blocks until every copy queued by the last `stage` has landed in host(). Any thread.
     virtual void wait() = 0;
 
-protected:
+  protected:
     explicit StagingBuffer(size_t bytes) : bytes_(bytes) {}
 
-private:
+  private:
     size_t bytes_;
 };
 
 class Backend {
-public:
+  public:
     virtual ~Backend() = default;
 
     virtual DeviceKind kind() const = 0;
@@ -120,12 +120,11 @@ public:
     // acc[slot + AccumulatorSlots::k*] (double), and, when grad.data is non-null, writes
     // grad = d(mean loss over `grad_rows`)/d(pred). y_true is (rows×1) class indices for the
     // sparse loss, otherwise (rows×cols) targets.
-    virtual void loss(const LossSpec& spec, const View& pred, const View& y_true,
-                      const View& grad, int64_t rows, int64_t cols, int64_t grad_rows,
-                      const View& acc, int slot) = 0;
+    virtual void loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
+                      int64_t rows, int64_t cols, int64_t grad_rows, const View& acc, int slot) = 0;
 
-    // Dropout with a counter-based RNG: keep = uniform(seed, counter, i) >= rate, y = x·keep/(1-rate),
-    // mask = keep/(1-rate) for the backward pass. Training only.
+    // Dropout with a counter-based RNG: keep = uniform(seed, counter, i) >= rate, y =
+    // x·keep/(1-rate), mask = keep/(1-rate) for the backward pass. Training only.
     virtual void dropout_forward(const View& x, const View& y, const View& mask, int64_t n,
                                  float rate, uint64_t seed, uint64_t counter) = 0;
     // dx = dy ⊙ mask; dx may alias dy.
@@ -173,20 +172,19 @@ public:
     virtual void batch_norm_forward_training(const BatchNormGeometry& g, const View& x,
                                              const View& gamma, const View& beta, const View& y,
                                              const View& moving_mean, const View& moving_variance,
-                                             const View& saved_mean,
-                                             const View& saved_inv_std) = 0;
+                                             const View& saved_mean, const View& saved_inv_std) = 0;
     // Inference: the same with the moving statistics in place of the batch's.
     virtual void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
                                               const View& gamma, const View& beta,
-                                              const View& moving_mean,
-                                              const View& moving_variance, const View& y) = 0;
+                                              const View& moving_mean, const View& moving_variance,
+                                              const View& y) = 0;
     // dx, dgamma, dbeta (=) of the training forward pass, through the batch statistics.
     virtual void batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
                                      const View& gamma, const View& saved_mean,
-                                     const View& saved_inv_std, const View& dx,
-                                     const View& dgamma, const View& dbeta) = 0;
+                                     const View& saved_inv_std, const View& dx, const View& dgamma,
+                                     const View& dbeta) = 0;
 
-protected:
+  protected:
     uint64_t reads_ = 0;
 };
 

@@ -7,8 +7,8 @@
 #pragma once
 
 #include <chrono>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
@@ -22,14 +22,14 @@ class Sequential;
 
 // An ordered map of metric name to value (Keras's `logs` dict).
 class Logs {
-public:
+  public:
     void set(const std::string& key, double value);
     std::optional<double> get(const std::string& key) const;
     bool contains(const std::string& key) const { return get(key).has_value(); }
     bool empty() const { return items_.empty(); }
     const std::vector<std::pair<std::string, double>>& items() const { return items_; }
 
-private:
+  private:
     std::vector<std::pair<std::string, double>> items_;
 };
 
@@ -56,7 +56,7 @@ struct ResumePoint {
 };
 
 class Callback {
-public:
+  public:
     virtual ~Callback() = default;
 
     // The model being trained; set by fit before on_train_begin.
@@ -121,7 +121,7 @@ public:
         msg_err_ = err;
     }
 
-protected:
+  protected:
     // A line on the message stream.
     void say(const std::string& line) const;
     // "kiln: " + text on the warning stream.
@@ -140,7 +140,7 @@ using CallbackPtr = std::shared_ptr<Callback>;
 
 // Records each epoch's logs; fit returns it.
 class History : public Callback {
-public:
+  public:
     void on_train_begin(const Logs& logs) override;
     void on_epoch_end(int epoch, const Logs& logs) override;
 
@@ -154,7 +154,7 @@ public:
 // time and running metrics (redrawn in place on a terminal, once per epoch otherwise), at
 // verbose 2 one line per epoch, at verbose 0 nothing.
 class ProgbarLogger : public Callback {
-public:
+  public:
     // `out` defaults to stdout.
     explicit ProgbarLogger(std::FILE* out = nullptr);
 
@@ -163,7 +163,7 @@ public:
     void on_epoch_end(int epoch, const Logs& logs) override;
     bool wants_batch_logs() const override { return verbose_ == 1; }
 
-private:
+  private:
     void draw(int64_t done, const Logs& logs, bool final_line);
 
     std::FILE* out_;

@@ -62,7 +62,7 @@ struct TrainingState {
     // False for a file written from a snapshot slot: its weights do not go with the optimizer
     // state, so it cannot be resumed from.
     bool resumable = true;
-    int epoch = 0;      // epochs completed
+    int epoch = 0;  // epochs completed
     // Batches done of the epoch under way when the checkpoint was taken; 0 at an epoch's end.
     // A resumed fit starts at an epoch's start, so only batch 0 resumes exactly.
     int64_t batch = 0;
@@ -137,7 +137,8 @@ struct CheckpointInfo {
     std::vector<ChecksumResult> checksums;  // every dataset a `kiln` group records, or lacks
     bool checksums_ok() const {
         for (const auto& c : checksums) {
-            if (!c.ok) return false;
+            if (!c.ok)
+                return false;
         }
         return true;
     }

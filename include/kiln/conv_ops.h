@@ -45,10 +45,10 @@ inline AxisWindow keras_axis_window(int64_t in, int64_t window, int64_t stride, 
 // Keras computes it, the kernel in Keras's layout. Bias and activation are separate ops
 // (bias_activation_forward over N·OH·OW rows of F columns).
 struct Conv2DGeometry {
-    int64_t batch = 0;                            // N
-    int64_t in_h = 0, in_w = 0, in_c = 0;         // H, W, C
-    int64_t out_h = 0, out_w = 0, out_c = 0;      // OH, OW, F
-    int64_t kernel_h = 1, kernel_w = 1;           // KH, KW
+    int64_t batch = 0;                        // N
+    int64_t in_h = 0, in_w = 0, in_c = 0;     // H, W, C
+    int64_t out_h = 0, out_w = 0, out_c = 0;  // OH, OW, F
+    int64_t kernel_h = 1, kernel_w = 1;       // KH, KW
     int64_t stride_h = 1, stride_w = 1;
     int64_t dilation_h = 1, dilation_w = 1;
     int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
@@ -67,13 +67,13 @@ enum class PoolKind { kMax, kAverage };
 // 'same' average). GlobalAveragePooling2D is the average over one window of H × W.
 struct Pool2DGeometry {
     PoolKind kind = PoolKind::kMax;
-    int64_t batch = 0;                     // N
-    int64_t in_h = 0, in_w = 0;            // H, W
-    int64_t channels = 0;                  // C
-    int64_t out_h = 0, out_w = 0;          // OH, OW
+    int64_t batch = 0;             // N
+    int64_t in_h = 0, in_w = 0;    // H, W
+    int64_t channels = 0;          // C
+    int64_t out_h = 0, out_w = 0;  // OH, OW
     int64_t pool_h = 1, pool_w = 1;
     int64_t stride_h = 1, stride_w = 1;
-    int64_t pad_top = 0, pad_left = 0;     // the padding after follows from OH, OW
+    int64_t pad_top = 0, pad_left = 0;  // the padding after follows from OH, OW
 
     int64_t x_elements() const { return batch * in_h * in_w * channels; }
     int64_t y_elements() const { return batch * out_h * out_w * channels; }

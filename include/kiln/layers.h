@@ -41,7 +41,7 @@ struct StepContext {
 };
 
 class Layer {
-public:
+  public:
     virtual ~Layer() = default;
 
     virtual std::string class_name() const = 0;
@@ -88,7 +88,7 @@ public:
     void set_fused_output(bool fused) { fused_output_ = fused; }
     bool fused_output() const { return fused_output_; }
 
-protected:
+  protected:
     std::string name_;
     Shape input_shape_, output_shape_;
     std::vector<View> params_, grads_;

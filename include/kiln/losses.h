@@ -18,7 +18,8 @@ struct Loss {
 };
 
 // Parses a Keras loss name ("sparse_categorical_crossentropy", "mse", "mean_absolute_error",
-// ...) or class name ("SparseCategoricalCrossentropy"). Throws kiln::Error listing the known names when unknown.
+// ...) or class name ("SparseCategoricalCrossentropy"). Throws kiln::Error listing the known names
+// when unknown.
 Loss loss_from_name(const std::string& name, bool from_logits = false);
 
 namespace losses {
@@ -31,8 +32,12 @@ inline Loss CategoricalCrossentropy(bool from_logits = false) {
 inline Loss BinaryCrossentropy(bool from_logits = false) {
     return {LossKind::kBinaryCrossentropy, from_logits};
 }
-inline Loss MeanSquaredError() { return {LossKind::kMeanSquaredError, false}; }
-inline Loss MeanAbsoluteError() { return {LossKind::kMeanAbsoluteError, false}; }
+inline Loss MeanSquaredError() {
+    return {LossKind::kMeanSquaredError, false};
+}
+inline Loss MeanAbsoluteError() {
+    return {LossKind::kMeanAbsoluteError, false};
+}
 }  // namespace losses
 
 // The metric Keras picks for "accuracy" from the shapes, as Keras 3 does: a single output

@@ -1,6 +1,7 @@
 // The Sequential model: build, compile, fit, evaluate, predict, save, load; Keras's API in C++.
 //
-//     kiln::Sequential model({kiln::layers::Dense(256, "relu"), kiln::layers::Dense(10, "softmax")},
+//     kiln::Sequential model({kiln::layers::Dense(256, "relu"), kiln::layers::Dense(10,
+//     "softmax")},
 //                            kiln::layers::Input({784}));
 //     model.compile(kiln::optimizers::Adam(), kiln::losses::SparseCategoricalCrossentropy(),
 //                   {"accuracy"});
@@ -61,7 +62,7 @@ struct FitArgs {
 };
 
 class Sequential {
-public:
+  public:
     Sequential(std::vector<LayerPtr> layers, layers::Input input, std::string name = "sequential");
     // Builds the model a Keras model description gives.
     explicit Sequential(const ModelConfig& config);
@@ -181,7 +182,7 @@ public:
     // A one-line description of the chosen backend and why.
     const std::string& device_message() const { return device_message_; }
 
-private:
+  private:
     struct Buffers;
 
     void build();
@@ -197,8 +198,7 @@ private:
     // buffers.
     void train_step(int64_t rows);
     // Adds one set's loss and metric over x, y (device tensors) into acc[slot].
-    void evaluate_on_device(const View& x, const View& y, int64_t rows, int64_t batch,
-                            int slot);
+    void evaluate_on_device(const View& x, const View& y, int64_t rows, int64_t batch, int slot);
     Logs logs_from(const double* acc, int slot, const std::string& prefix) const;
     std::string training_config_json() const;
     // The model's checkpoint writer, made at the first checkpoint after compile.

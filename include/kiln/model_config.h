@@ -17,7 +17,7 @@ struct LayerConfig {
     // "InputLayer", "Dense", "Activation", "Dropout", "Flatten", "Conv2D", "MaxPooling2D",
     // "AveragePooling2D", "GlobalAveragePooling2D", "BatchNormalization", "Reshape"
     std::string class_name;
-    std::string name;        // "dense", "dense_1", ... (Keras's automatic names when empty)
+    std::string name;  // "dense", "dense_1", ... (Keras's automatic names when empty)
 
     // InputLayer: the shape of one sample (Keras's batch_shape without the batch dimension).
     Shape input_shape;

@@ -56,15 +56,15 @@ enum class OptimizerKind { kSGD, kAdam, kAdamW, kRMSprop };
 struct OptimizerStep {
     OptimizerKind kind = OptimizerKind::kAdam;
     float learning_rate = 1e-3f;
-    float momentum = 0.0f;       // SGD, RMSprop
-    bool nesterov = false;       // SGD
-    float beta_1 = 0.9f;         // Adam, AdamW
-    float beta_2 = 0.999f;       // Adam, AdamW
-    float rho = 0.9f;            // RMSprop
-    float epsilon = 1e-7f;       // Adam, AdamW, RMSprop
-    bool centered = false;       // RMSprop
-    float weight_decay = 0.0f;   // AdamW (decoupled)
-    float alpha = 0.0f;          // Adam: learning_rate * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+    float momentum = 0.0f;      // SGD, RMSprop
+    bool nesterov = false;      // SGD
+    float beta_1 = 0.9f;        // Adam, AdamW
+    float beta_2 = 0.999f;      // Adam, AdamW
+    float rho = 0.9f;           // RMSprop
+    float epsilon = 1e-7f;      // Adam, AdamW, RMSprop
+    bool centered = false;      // RMSprop
+    float weight_decay = 0.0f;  // AdamW (decoupled)
+    float alpha = 0.0f;         // Adam: learning_rate * sqrt(1 - beta_2^t) / (1 - beta_1^t)
 };
 
 // How many state slots (each the size of the parameter buffer) an optimizer keeps.

@@ -37,7 +37,9 @@ struct View {
     int64_t cols() const { return shape.empty() ? 1 : elements() / (shape[0] ? shape[0] : 1); }
 
     template <typename T>
-    T* as() const { return static_cast<T*>(data); }
+    T* as() const {
+        return static_cast<T*>(data);
+    }
 
     // The first `n` rows of this view (same row length).
     View first_rows(int64_t n) const;
@@ -46,7 +48,7 @@ struct View {
 };
 
 class Tensor {
-public:
+  public:
     Tensor() = default;
     Tensor(Backend& backend, Shape shape, DType dtype = DType::kFloat32);
     ~Tensor();
@@ -73,7 +75,7 @@ public:
     // Copies the tensor into host memory; on a device backend this is a counted device read.
     void copy_to_host(void* dst) const;
 
-private:
+  private:
     void release() noexcept;
 
     Backend* backend_ = nullptr;

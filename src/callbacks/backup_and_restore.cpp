@@ -121,8 +121,8 @@ void BackupAndRestore::backup() {
         // it is and go on training (the writer has already warned).
         const Status written = model_->wait_for_checkpoints();
         if (!written.is_ok()) {
-            warn("BackupAndRestore: not rotating " + backup_path() + " after a failed write: " +
-                 written.message());
+            warn("BackupAndRestore: not rotating " + backup_path() +
+                 " after a failed write: " + written.message());
             rotate = false;
         }
     }

@@ -45,7 +45,8 @@ void add_data_flags(CLI::App* cmd, DataFlags* f, bool fit) {
                     "A separate test split for sources that hold one (CSV, HDF5)");
     cmd->add_option("--label-column", f->label_column,
                     "CSV label column, by header name or 0-based index (default: 'label', else 0)");
-    cmd->add_option("--csv-delimiter", f->csv_delimiter, "CSV field separator")->capture_default_str();
+    cmd->add_option("--csv-delimiter", f->csv_delimiter, "CSV field separator")
+        ->capture_default_str();
     cmd->add_option("--batch-size", f->batch_size, "Samples per batch (Keras batch_size)")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
@@ -53,15 +54,18 @@ void add_data_flags(CLI::App* cmd, DataFlags* f, bool fit) {
                     "auto: CUDA when a usable GPU is present, else the CPU; cuda; cpu")
         ->capture_default_str()
         ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
-    cmd->add_option("--verbose", f->verbose,
-                    fit ? "0 silent, 1 progress bar, 2 one line per epoch" : "0 silent, 1 a summary line")
+    cmd->add_option(
+           "--verbose", f->verbose,
+           fit ? "0 silent, 1 progress bar, 2 one line per epoch" : "0 silent, 1 a summary line")
         ->capture_default_str()
         ->check(CLI::Range(0, 2));
 }
 
 kiln::DeviceChoice device_choice(const std::string& name) {
-    if (name == "cuda") return kiln::DeviceChoice::kCuda;
-    if (name == "cpu") return kiln::DeviceChoice::kCpu;
+    if (name == "cuda")
+        return kiln::DeviceChoice::kCuda;
+    if (name == "cpu")
+        return kiln::DeviceChoice::kCpu;
     return kiln::DeviceChoice::kAuto;
 }
 
@@ -69,7 +73,8 @@ kiln::data::DatasetOptions dataset_options(const DataFlags& f) {
     kiln::data::DatasetOptions options;
     options.test_spec = f.test_data;
     options.csv.label_column = f.label_column;
-    if (f.csv_delimiter.size() != 1) throw Error("--csv-delimiter must be one character");
+    if (f.csv_delimiter.size() != 1)
+        throw Error("--csv-delimiter must be one character");
     options.csv.delimiter = f.csv_delimiter[0];
     return options;
 }
@@ -77,7 +82,8 @@ kiln::data::DatasetOptions dataset_options(const DataFlags& f) {
 // Fails before any work when a file we will write at the end could not be written, so that a
 // long run never ends in an error about its output path.
 void check_writable(const std::string& path, const char* flag) {
-    if (path.empty()) return;
+    if (path.empty())
+        return;
     const size_t slash = path.find_last_of('/');
     const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
     if (access(dir.empty() ? "/" : dir.c_str(), W_OK) != 0) {
@@ -171,85 +177,119 @@ void add_callback_flags(CLI::App* cmd, CallbackFlags* f) {
     cmd->add_option("--checkpoint", f->checkpoint,
                     "ModelCheckpoint's filepath, a Python format template over epoch and the "
                     "logs (e.g. ckpt/{epoch:02d}-{val_loss:.2f}.h5), or none")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_option("--monitor", f->monitor,
                     "The log key ModelCheckpoint, EarlyStopping and ReduceLROnPlateau watch")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_option("--mode", f->mode,
                     "min, max, or auto (minimise losses, maximise accuracy); the recipe's min")
-        ->capture_default_str()->check(CLI::IsMember({"auto", "min", "max"}))->group(mc);
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "min", "max"}))
+        ->group(mc);
     cmd->add_flag("--save-best-only,!--no-save-best-only", f->save_best_only,
-                  "Save only when the monitored value improves (default: on)")->group(mc);
+                  "Save only when the monitored value improves (default: on)")
+        ->group(mc);
     cmd->add_flag("--save-weights-only", f->save_weights_only,
                   "Save a Keras weights file (*.weights.h5; default name "
-                  "best_model.weights.h5)")->group(mc);
+                  "best_model.weights.h5)")
+        ->group(mc);
     cmd->add_option("--save-freq", f->save_freq, "epoch, or save every N batches")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_option("--initial-value-threshold", f->initial_value_threshold,
-                    "The best value to beat before the first save")->group(mc);
+                    "The best value to beat before the first save")
+        ->group(mc);
     cmd->add_option("--early-stopping", f->early_stopping, "on, or none for no EarlyStopping")
-        ->capture_default_str()->check(CLI::IsMember({"on", "none"}))->group(mc);
+        ->capture_default_str()
+        ->check(CLI::IsMember({"on", "none"}))
+        ->group(mc);
     cmd->add_option("--patience", f->patience, "EarlyStopping: epochs without improvement")
-        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber)
+        ->group(mc);
     cmd->add_option("--min-delta", f->min_delta,
                     "EarlyStopping: the smallest change that counts as an improvement")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_option("--baseline", f->baseline,
                     "EarlyStopping: a value the monitor must beat to reset the patience")
         ->group(mc);
     cmd->add_option("--start-from-epoch", f->start_from_epoch,
                     "EarlyStopping: warm-up epochs it ignores")
-        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber)
+        ->group(mc);
     cmd->add_flag("--restore-best-weights,!--no-restore-best-weights", f->restore_best_weights,
-                  "EarlyStopping: end with the best epoch's weights (default: on)")->group(mc);
+                  "EarlyStopping: end with the best epoch's weights (default: on)")
+        ->group(mc);
     cmd->add_option("--csv-log", f->csv_log, "CSVLogger: one row of logs per epoch to FILE")
         ->group(mc);
     cmd->add_flag("--csv-append", f->csv_append, "CSVLogger: append to an existing file")
         ->group(mc);
     cmd->add_option("--csv-separator", f->csv_separator, "CSVLogger: the field separator")
-        ->capture_default_str()->group(mc);
-    cmd->add_flag("--reduce-lr-on-plateau", f->reduce_lr,
-                  "ReduceLROnPlateau on --monitor")->group(mc);
+        ->capture_default_str()
+        ->group(mc);
+    cmd->add_flag("--reduce-lr-on-plateau", f->reduce_lr, "ReduceLROnPlateau on --monitor")
+        ->group(mc);
     cmd->add_option("--reduce-lr-factor", f->reduce_lr_factor,
                     "ReduceLROnPlateau: new_lr = lr * factor (< 1)")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_option("--reduce-lr-patience", f->reduce_lr_patience,
                     "ReduceLROnPlateau: epochs without improvement")
-        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber)
+        ->group(mc);
     cmd->add_option("--reduce-lr-cooldown", f->reduce_lr_cooldown,
                     "ReduceLROnPlateau: epochs to wait after a reduction")
-        ->capture_default_str()->check(CLI::NonNegativeNumber)->group(mc);
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber)
+        ->group(mc);
     cmd->add_option("--reduce-lr-min-delta", f->reduce_lr_min_delta,
                     "ReduceLROnPlateau: the smallest change that counts as an improvement")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_option("--min-lr", f->min_lr, "ReduceLROnPlateau: the lowest learning rate")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_flag("--terminate-on-nan", f->terminate_on_nan,
-                  "TerminateOnNaN: stop as soon as the loss is NaN or infinite")->group(mc);
+                  "TerminateOnNaN: stop as soon as the loss is NaN or infinite")
+        ->group(mc);
     cmd->add_option("--backup-dir", f->backup_dir,
                     "BackupAndRestore: back the run up in DIR and continue from a backup there")
         ->group(mc);
     cmd->add_option("--backup-save-freq", f->backup_save_freq,
                     "BackupAndRestore: epoch, or back up every N batches")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
     cmd->add_flag("--keep-backup", f->keep_backup,
-                  "BackupAndRestore: keep the backup when the run completes")->group(mc);
+                  "BackupAndRestore: keep the backup when the run completes")
+        ->group(mc);
     cmd->add_flag("--double-checkpoint", f->double_checkpoint,
-                  "BackupAndRestore: keep the previous backup too, as a fallback")->group(mc);
+                  "BackupAndRestore: keep the previous backup too, as a fallback")
+        ->group(mc);
     cmd->add_option("--lr-schedule", f->lr_schedule,
                     "LearningRateScheduler: step (lr0 * rate^floor(epoch / every)), exponential "
                     "(lr0 * rate^epoch) or cosine (Keras's CosineDecay over --lr-decay-epochs)")
-        ->check(CLI::IsMember({"step", "exponential", "cosine"}))->group(mc);
+        ->check(CLI::IsMember({"step", "exponential", "cosine"}))
+        ->group(mc);
     cmd->add_option("--lr-decay-rate", f->lr_decay_rate,
                     "step and exponential: the factor (default 0.5 for step, 0.95 for "
-                    "exponential)")->group(mc);
+                    "exponential)")
+        ->group(mc);
     cmd->add_option("--lr-decay-every", f->lr_decay_every, "step: epochs between drops")
-        ->capture_default_str()->check(CLI::PositiveNumber)->group(mc);
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber)
+        ->group(mc);
     cmd->add_option("--lr-decay-epochs", f->lr_decay_epochs,
-                    "cosine: epochs to decay over (default: --epochs)")->group(mc);
+                    "cosine: epochs to decay over (default: --epochs)")
+        ->group(mc);
     cmd->add_option("--lr-alpha", f->lr_alpha,
                     "cosine: the final rate as a fraction of the initial one")
-        ->capture_default_str()->group(mc);
+        ->capture_default_str()
+        ->group(mc);
 }
 
 // The directory a templated path is written in, up to its first field: "ckpt/{epoch}/m.h5"
@@ -272,15 +312,17 @@ std::vector<kiln::CallbackPtr> make_callbacks(const CallbackFlags& f, int epochs
         const auto d = cb::metric_direction(f.monitor);
         const bool minimise = f.mode == "min";
         if (d && (*d == cb::Direction::kMinimize) != minimise) {
-            std::fprintf(stderr, "kiln: warning: --mode %s with --monitor %s, which auto mode "
-                         "would %s; pass --mode %s or --mode auto\n", f.mode.c_str(),
-                         f.monitor.c_str(), minimise ? "maximise" : "minimise",
+            std::fprintf(stderr,
+                         "kiln: warning: --mode %s with --monitor %s, which auto mode "
+                         "would %s; pass --mode %s or --mode auto\n",
+                         f.mode.c_str(), f.monitor.c_str(), minimise ? "maximise" : "minimise",
                          minimise ? "max" : "min");
         }
     }
     if (f.checkpoint != "none") {
         std::string path = f.checkpoint;
-        if (f.save_weights_only && !f.checkpoint_given) path = "best_model.weights.h5";
+        if (f.save_weights_only && !f.checkpoint_given)
+            path = "best_model.weights.h5";
         check_writable(fixed_part(path), "--checkpoint");
         cb::ModelCheckpointArgs a;
         a.monitor = f.monitor;
@@ -305,8 +347,9 @@ std::vector<kiln::CallbackPtr> make_callbacks(const CallbackFlags& f, int epochs
         out.push_back(std::make_shared<cb::EarlyStopping>(a));
     }
     if (f.reduce_lr && !f.lr_schedule.empty()) {
-        throw Error("--reduce-lr-on-plateau and --lr-schedule both set the learning rate; "
-                    "use one");
+        throw Error(
+            "--reduce-lr-on-plateau and --lr-schedule both set the learning rate; "
+            "use one");
     }
     if (f.reduce_lr) {
         cb::ReduceLROnPlateauArgs a;
@@ -332,17 +375,19 @@ std::vector<kiln::CallbackPtr> make_callbacks(const CallbackFlags& f, int epochs
         }
         out.push_back(std::make_shared<cb::LearningRateScheduler>(schedule, say));
     }
-    if (f.terminate_on_nan) out.push_back(std::make_shared<cb::TerminateOnNaN>());
+    if (f.terminate_on_nan)
+        out.push_back(std::make_shared<cb::TerminateOnNaN>());
     if (!f.csv_log.empty()) {
         check_writable(f.csv_log, "--csv-log");
         out.push_back(std::make_shared<cb::CSVLogger>(f.csv_log, f.csv_separator, f.csv_append));
     }
     if (!f.backup_dir.empty()) {
         std::string dir = f.backup_dir;
-        while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+        while (dir.size() > 1 && dir.back() == '/')
+            dir.pop_back();
         check_writable(dir, "--backup-dir");  // its parent must exist; the folder is made
-        out.push_back(std::make_shared<cb::BackupAndRestore>(
-            dir, cb::SaveFreq(f.backup_save_freq), !f.keep_backup, f.double_checkpoint));
+        out.push_back(std::make_shared<cb::BackupAndRestore>(dir, cb::SaveFreq(f.backup_save_freq),
+                                                             !f.keep_backup, f.double_checkpoint));
     }
 
     // What fit will check, checked now: the logs' keys follow from the metric and the split.
@@ -352,15 +397,17 @@ std::vector<kiln::CallbackPtr> make_callbacks(const CallbackFlags& f, int epochs
     params.verbose = verbose;
     params.batch_log_keys = kiln::batch_log_keys(metric_key);
     params.epoch_log_keys = kiln::epoch_log_keys(metric_key, validation_split > 0, out);
-    for (const auto& c : out) c->validate(params);
+    for (const auto& c : out)
+        c->validate(params);
     // The library follows Keras when the monitored key never comes (warnings, and best-only
     // saves every epoch); on the command line that is a mistake in the flags.
-    const bool monitoring = (f.checkpoint != "none" && f.save_best_only) ||
-                            f.early_stopping != "none" || f.reduce_lr;
+    const bool monitoring =
+        (f.checkpoint != "none" && f.save_best_only) || f.early_stopping != "none" || f.reduce_lr;
     if (monitoring && std::find(params.epoch_log_keys.begin(), params.epoch_log_keys.end(),
                                 f.monitor) == params.epoch_log_keys.end()) {
         std::string keys;
-        for (const auto& k : params.epoch_log_keys) keys += (keys.empty() ? "" : ", ") + k;
+        for (const auto& k : params.epoch_log_keys)
+            keys += (keys.empty() ? "" : ", ") + k;
         std::string hint;
         if (f.monitor.rfind("val_", 0) == 0 && validation_split <= 0) {
             hint = "; val_ keys need validation data, and --validation-split 0 gives none";
@@ -398,23 +445,25 @@ struct FitFlags {
 // with a warning that the run will not be the one that was interrupted.
 void take_fit_args(const kiln::TrainingState& state, FitFlags* f) {
     const auto stored = nlohmann::json::parse(state.fit_args_json, nullptr, false);
-    if (!stored.is_object()) return;
+    if (!stored.is_object())
+        return;
     auto take = [&](const char* key, const char* flag, bool given, auto* value) {
         using T = std::remove_pointer_t<decltype(value)>;
-        if (!stored.contains(key)) return;
+        if (!stored.contains(key))
+            return;
         const T saved = stored[key].get<T>();
         if (!given) {
             *value = saved;
         } else if (*value != saved) {
-            std::fprintf(stderr, "kiln: warning: %s differs from the interrupted run's (%s); the "
-                         "resumed run will not be the one that was interrupted\n", flag,
-                         stored[key].dump().c_str());
+            std::fprintf(stderr,
+                         "kiln: warning: %s differs from the interrupted run's (%s); the "
+                         "resumed run will not be the one that was interrupted\n",
+                         flag, stored[key].dump().c_str());
         }
     };
     take("epochs", "--epochs", f->epochs_given, &f->epochs);
     take("batch_size", "--batch-size", f->batch_size_given, &f->data.batch_size);
-    take("validation_split", "--validation-split", f->validation_split_given,
-         &f->validation_split);
+    take("validation_split", "--validation-split", f->validation_split_given, &f->validation_split);
     bool shuffle = !f->no_shuffle;
     take("shuffle", "--no-shuffle", f->shuffle_given, &shuffle);
     f->no_shuffle = !shuffle;
@@ -431,8 +480,10 @@ std::unique_ptr<kiln::Sequential> resume_model(FitFlags* f, kiln::TrainingState*
     std::fprintf(stderr, "kiln: resuming from %s: %d of %d epochs done, step %lld\n",
                  f->resume.c_str(), state->epoch, f->epochs, static_cast<long long>(state->step));
     if (state->epoch >= f->epochs) {
-        std::fprintf(stderr, "kiln: %s has %d epochs done already; --epochs %d leaves nothing "
-                     "to train\n", f->resume.c_str(), state->epoch, f->epochs);
+        std::fprintf(stderr,
+                     "kiln: %s has %d epochs done already; --epochs %d leaves nothing "
+                     "to train\n",
+                     f->resume.c_str(), state->epoch, f->epochs);
     }
     return model;
 }
@@ -453,14 +504,15 @@ int run_fit(FitFlags f) {
     } else {
         kiln::throw_if_error(kiln::load_model_config(f.model, &config));
     }
-    if (!owned) owned = std::make_unique<kiln::Sequential>(config);
+    if (!owned)
+        owned = std::make_unique<kiln::Sequential>(config);
     kiln::Sequential& model = *owned;
     const kiln::Optimizer optimizer = f.resume.empty()
                                           ? kiln::optimizer_from_name(f.optimizer, f.learning_rate)
                                           : model.optimizer();
-    const kiln::Loss loss = f.resume.empty() ? kiln::loss_from_name(f.loss, f.from_logits)
-                                             : model.loss();
-    const std::string metric = f.resume.empty() ? f.metric
+    const kiln::Loss loss =
+        f.resume.empty() ? kiln::loss_from_name(f.loss, f.from_logits) : model.loss();
+    const std::string metric = f.resume.empty()              ? f.metric
                                : model.metric_name().empty() ? "none"
                                                              : model.metric_name();
     // The schedules start from the rate as given ("0.001"), not its float32 rounding.
@@ -470,8 +522,8 @@ int run_fit(FitFlags f) {
         const auto end = std::to_chars(text, text + sizeof(text), optimizer.hyper.learning_rate);
         lr0 = std::strtod(std::string(text, end.ptr).c_str(), nullptr);
     }
-    const std::vector<kiln::CallbackPtr> callbacks = make_callbacks(
-        f.callbacks, f.epochs, f.validation_split, metric, lr0, f.data.verbose);
+    const std::vector<kiln::CallbackPtr> callbacks =
+        make_callbacks(f.callbacks, f.epochs, f.validation_split, metric, lr0, f.data.verbose);
 
     kiln::data::Dataset data;
     kiln::throw_if_error(kiln::data::load_dataset(f.data.data, dataset_options(f.data), &data));
@@ -480,9 +532,12 @@ int run_fit(FitFlags f) {
     options.device = device_choice(f.data.device);
     options.seed = f.seed;
     std::vector<std::string> metrics;
-    if (!f.metric.empty() && f.metric != "none") metrics.push_back(f.metric);
-    if (f.resume.empty()) model.compile(optimizer, loss, metrics, options);
-    if (f.summary) std::printf("%s", model.summary().c_str());
+    if (!f.metric.empty() && f.metric != "none")
+        metrics.push_back(f.metric);
+    if (f.resume.empty())
+        model.compile(optimizer, loss, metrics, options);
+    if (f.summary)
+        std::printf("%s", model.summary().c_str());
 
     kiln::FitArgs args;
     args.epochs = f.epochs;
@@ -506,13 +561,15 @@ int run_fit(FitFlags f) {
     report["fit_seconds"] = seconds;
     report["host_reads"] = model.backend().reads();
     nlohmann::json hist = nlohmann::json::object();
-    for (const auto& key : history.keys) hist[key] = history.history.at(key);
+    for (const auto& key : history.keys)
+        hist[key] = history.history.at(key);
     report["history"] = hist;
     if (data.has_test()) {
         const kiln::Logs test = model.evaluate(data.test.x, data.test.y, f.data.batch_size);
         std::string line;
         for (const auto& [key, value] : test.items()) {
-            line += (line.empty() ? "" : " - ") + ("test_" + key) + ": " + kiln::format_metric(value);
+            line +=
+                (line.empty() ? "" : " - ") + ("test_" + key) + ": " + kiln::format_metric(value);
             report["test"][key] = value;
         }
         std::printf("%s\n", line.c_str());
@@ -523,9 +580,11 @@ int run_fit(FitFlags f) {
     if (!f.save.empty()) {
         kiln::throw_if_error(kiln::is_weights_file_name(f.save) ? model.save_weights(f.save)
                                                                 : model.save(f.save));
-        if (f.data.verbose > 0) std::printf("saved model to %s\n", f.save.c_str());
+        if (f.data.verbose > 0)
+            std::printf("saved model to %s\n", f.save.c_str());
     }
-    if (!f.metrics_json.empty()) write_file_atomically(f.metrics_json, report.dump(2) + "\n");
+    if (!f.metrics_json.empty())
+        write_file_atomically(f.metrics_json, report.dump(2) + "\n");
     // A checkpoint whose newest write failed was warned about when it failed; the run fails.
     const kiln::Status checkpoints = model.last_checkpoint_status();
     if (!checkpoints.is_ok()) {
@@ -548,7 +607,8 @@ std::unique_ptr<kiln::Sequential> open_model(const std::string& path,
             kiln::CheckpointInfo info;
             kiln::throw_if_error(kiln::inspect_checkpoint(path, &info));
             if (!info.has_config) {
-                throw Error(path + " holds weights only, without the model's config (Keras wrote "
+                throw Error(path +
+                            " holds weights only, without the model's config (Keras wrote "
                             "it): pass --model MODEL.json (the model's to_json())");
             }
         }
@@ -569,9 +629,11 @@ int run_inspect(const std::string& path) {
     std::printf("%s: %s", path.c_str(),
                 info.weights_only ? "weights only (Keras 3 .weights.h5 layout)"
                                   : "full model (Keras legacy HDF5 layout)");
-    if (!info.writer.empty()) std::printf(", written by %s", info.writer.c_str());
+    if (!info.writer.empty())
+        std::printf(", written by %s", info.writer.c_str());
     std::printf("\n");
-    if (info.has_config) std::printf("Model: \"%s\"\n", info.config.name.c_str());
+    if (info.has_config)
+        std::printf("Model: \"%s\"\n", info.config.name.c_str());
     std::printf(" %-28s %s\n", "Layer (type)", "Weights");
     for (size_t i = 0; i < info.layers.size(); ++i) {
         const kiln::LayerWeights& lw = info.layers[i];
@@ -592,15 +654,14 @@ int run_inspect(const std::string& path) {
             t.batch > 0 ? " (+" + std::to_string(t.batch) + " batches of the next)" : "";
         std::printf("Training state: epoch %d%s, step %lld, seed %llu, %s learning_rate %g, %s\n",
                     t.epoch, mid_epoch.c_str(), static_cast<long long>(t.step),
-                    static_cast<unsigned long long>(t.seed), t.optimizer.c_str(),
-                    t.learning_rate,
+                    static_cast<unsigned long long>(t.seed), t.optimizer.c_str(), t.learning_rate,
                     t.resumable ? "resumable (kiln fit --resume)"
                                 : "not resumable (weights from a snapshot)");
         if (!t.history_epochs.empty()) {
             std::string line;
             for (const auto& [key, values] : t.history) {
-                line += (line.empty() ? "" : " - ") + key + ": " +
-                        kiln::format_metric(values.back());
+                line +=
+                    (line.empty() ? "" : " - ") + key + ": " + kiln::format_metric(values.back());
             }
             std::printf("Last epoch (%d): %s\n", t.history_epochs.back() + 1, line.c_str());
         }
@@ -608,13 +669,15 @@ int run_inspect(const std::string& path) {
             std::printf("Callbacks' state: %s\n", t.callbacks_state_json.c_str());
         }
     } else {
-        std::printf("No kiln group: no training state or checksums to verify (not written by "
-                    "kiln)\n");
+        std::printf(
+            "No kiln group: no training state or checksums to verify (not written by "
+            "kiln)\n");
     }
     if (!info.checksums.empty()) {
         int failed = 0;
         for (const kiln::ChecksumResult& c : info.checksums) {
-            if (c.ok) continue;
+            if (c.ok)
+                continue;
             ++failed;
             std::printf("Checksum FAILED: %s: %s\n", c.dataset.c_str(), c.detail.c_str());
         }
@@ -629,8 +692,8 @@ int run_inspect(const std::string& path) {
     return 0;
 }
 
-int run_evaluate(const std::string& model_path, const DataFlags& f,
-                 const std::string& architecture, const std::string& loss) {
+int run_evaluate(const std::string& model_path, const DataFlags& f, const std::string& architecture,
+                 const std::string& loss) {
     kiln::CompileOptions options;
     options.device = device_choice(f.device);
     auto model = open_model(model_path, architecture, loss, options);
@@ -676,46 +739,55 @@ int run_predict(const std::string& model_path, const DataFlags& f, const std::st
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"kiln: a GPU-native training engine with Keras's fit.\n"
-                 "Run `kiln fit` for the default job (an MLP on Fashion-MNIST), or\n"
-                 "`kiln COMMAND --help` for a command's flags."};
+    CLI::App app{
+        "kiln: a GPU-native training engine with Keras's fit.\n"
+        "Run `kiln fit` for the default job (an MLP on Fashion-MNIST), or\n"
+        "`kiln COMMAND --help` for a command's flags."};
     app.require_subcommand(1);
     app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
 
     FitFlags fit;
-    CLI::App* fit_cmd = app.add_subcommand("fit", "Train a model (default: the MLP recipe on "
-                                                  "Fashion-MNIST), then evaluate it on the test set");
+    CLI::App* fit_cmd = app.add_subcommand("fit",
+                                           "Train a model (default: the MLP recipe on "
+                                           "Fashion-MNIST), then evaluate it on the test set");
     add_data_flags(fit_cmd, &fit.data, true);
-    fit_cmd->add_option("--model", fit.model,
-                        "mlp (784-256-128-10, relu, softmax), cnn (Keras's simple MNIST convnet "
-                        "on 28x28x1 images: two Conv2D + MaxPooling2D, Dropout 0.5, Dense 10) or "
-                        "a Keras model JSON file (model.to_json())")
+    fit_cmd
+        ->add_option("--model", fit.model,
+                     "mlp (784-256-128-10, relu, softmax), cnn (Keras's simple MNIST convnet "
+                     "on 28x28x1 images: two Conv2D + MaxPooling2D, Dropout 0.5, Dense 10) or "
+                     "a Keras model JSON file (model.to_json())")
         ->capture_default_str();
-    fit_cmd->add_option("--epochs", fit.epochs, "Epochs to train")->capture_default_str()
+    fit_cmd->add_option("--epochs", fit.epochs, "Epochs to train")
+        ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
-    fit_cmd->add_option("--validation-split", fit.validation_split,
-                        "Fraction of the training data, taken from its end before shuffling, "
-                        "held out for validation")
+    fit_cmd
+        ->add_option("--validation-split", fit.validation_split,
+                     "Fraction of the training data, taken from its end before shuffling, "
+                     "held out for validation")
         ->capture_default_str()
         ->check(CLI::Range(0.0, 0.999999));
-    fit_cmd->add_option("--optimizer", fit.optimizer,
-                        "sgd, adam, adamw or rmsprop, with Keras's defaults")
+    fit_cmd
+        ->add_option("--optimizer", fit.optimizer,
+                     "sgd, adam, adamw or rmsprop, with Keras's defaults")
         ->capture_default_str()
         ->check(CLI::IsMember({"sgd", "adam", "adamw", "rmsprop"}));
     fit_cmd->add_option("--learning-rate", fit.learning_rate,
                         "Learning rate (default: the optimizer's Keras default)");
-    fit_cmd->add_option("--loss", fit.loss,
-                        "sparse_categorical_crossentropy, categorical_crossentropy, "
-                        "binary_crossentropy, mean_squared_error (mse), mean_absolute_error (mae)")
+    fit_cmd
+        ->add_option("--loss", fit.loss,
+                     "sparse_categorical_crossentropy, categorical_crossentropy, "
+                     "binary_crossentropy, mean_squared_error (mse), mean_absolute_error (mae)")
         ->capture_default_str();
     fit_cmd->add_flag("--from-logits", fit.from_logits,
                       "The model outputs logits (the cross-entropy losses' from_logits=True)");
-    fit_cmd->add_option("--metric", fit.metric,
-                        "accuracy (the kind Keras picks for the loss), sparse_categorical_accuracy, "
-                        "categorical_accuracy, binary_accuracy, or none")
+    fit_cmd
+        ->add_option("--metric", fit.metric,
+                     "accuracy (the kind Keras picks for the loss), sparse_categorical_accuracy, "
+                     "categorical_accuracy, binary_accuracy, or none")
         ->capture_default_str();
-    fit_cmd->add_option("--seed", fit.seed,
-                        "Seeds weights, shuffles and dropout: same seed, same backend, same run")
+    fit_cmd
+        ->add_option("--seed", fit.seed,
+                     "Seeds weights, shuffles and dropout: same seed, same backend, same run")
         ->capture_default_str();
     fit_cmd->add_flag("--no-shuffle", fit.no_shuffle, "Keep the training order every epoch");
     fit_cmd->add_option("--metrics-json", fit.metrics_json,
@@ -730,20 +802,21 @@ int main(int argc, char** argv) {
         "its model, optimizer, loss and metric, weights, optimizer state, step, seed, history "
         "and callbacks' state; with the same data and flags, the same run as one that never "
         "stopped");
-    for (const char* owned_by_file :
-         {"--model", "--optimizer", "--learning-rate", "--loss", "--from-logits", "--metric",
-          "--seed"}) {
+    for (const char* owned_by_file : {"--model", "--optimizer", "--learning-rate", "--loss",
+                                      "--from-logits", "--metric", "--seed"}) {
         resume->excludes(fit_cmd->get_option(owned_by_file));
     }
     add_callback_flags(fit_cmd, &fit.callbacks);
 
     std::string eval_model;
     DataFlags eval;
-    CLI::App* eval_cmd = app.add_subcommand("evaluate", "Loss and metric of a saved model on a "
-                                                        "dataset's test split");
-    eval_cmd->add_option("MODEL", eval_model,
-                         "A model file saved by kiln or Keras (.h5), or a weights file "
-                         "(.weights.h5: kiln's, or Keras's with --model)")
+    CLI::App* eval_cmd = app.add_subcommand("evaluate",
+                                            "Loss and metric of a saved model on a "
+                                            "dataset's test split");
+    eval_cmd
+        ->add_option("MODEL", eval_model,
+                     "A model file saved by kiln or Keras (.h5), or a weights file "
+                     "(.weights.h5: kiln's, or Keras's with --model)")
         ->required();
     add_data_flags(eval_cmd, &eval, false);
     std::string eval_architecture, eval_loss = "sparse_categorical_crossentropy";
@@ -754,9 +827,10 @@ int main(int argc, char** argv) {
     std::string pred_model, pred_output;
     DataFlags pred;
     CLI::App* pred_cmd = app.add_subcommand("predict", "Outputs of a saved model, as an NPY file");
-    pred_cmd->add_option("MODEL", pred_model,
-                         "A model file saved by kiln or Keras (.h5), or a weights file "
-                         "(.weights.h5: kiln's, or Keras's with --model)")
+    pred_cmd
+        ->add_option("MODEL", pred_model,
+                     "A model file saved by kiln or Keras (.h5), or a weights file "
+                     "(.weights.h5: kiln's, or Keras's with --model)")
         ->required();
     add_data_flags(pred_cmd, &pred, false);
     pred_cmd->add_option("--output", pred_output, "Where to write the predictions (.npy)")
@@ -767,8 +841,9 @@ int main(int argc, char** argv) {
 
     std::string inspect_path;
     CLI::App* inspect_cmd = app.add_subcommand(
-        "inspect", "What a model or checkpoint file holds (layers, shapes, parameters, epoch, "
-                   "metrics) and whether its checksums verify; exits non-zero if one fails");
+        "inspect",
+        "What a model or checkpoint file holds (layers, shapes, parameters, epoch, "
+        "metrics) and whether its checksums verify; exits non-zero if one fails");
     inspect_cmd->add_option("FILE", inspect_path, "A .h5 or .weights.h5 file")->required();
 
     CLI11_PARSE(app, argc, argv);
@@ -778,14 +853,16 @@ int main(int argc, char** argv) {
     fit.validation_split_given = fit_cmd->count("--validation-split") > 0;
     fit.shuffle_given = fit_cmd->count("--no-shuffle") > 0;
     try {
-        if (fit_cmd->parsed()) return run_fit(fit);
+        if (fit_cmd->parsed())
+            return run_fit(fit);
         if (eval_cmd->parsed()) {
             return run_evaluate(eval_model, eval, eval_architecture, eval_loss);
         }
         if (pred_cmd->parsed()) {
             return run_predict(pred_model, pred, pred_output, pred_architecture);
         }
-        if (inspect_cmd->parsed()) return run_inspect(inspect_path);
+        if (inspect_cmd->parsed())
+            return run_inspect(inspect_path);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "kiln: error: %s\n", e.what());
         return 1;

@@ -16,28 +16,34 @@ namespace {
 // what OpenBLAS itself would choose for a CPU model it knows. Empty: leave OpenBLAS's choice.
 std::string coretype_for_this_cpu() {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return "";
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return "";
     const bool fma = ecx & (1u << 12);
     const bool osxsave = ecx & (1u << 27);
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return "";
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+        return "";
     const bool avx2 = ebx & (1u << 5);
     const bool avx512 = (ebx & (1u << 16)) && (ebx & (1u << 17)) && (ebx & (1u << 30)) &&
                         (ebx & (1u << 31));  // F, DQ, BW, VL
-    if (!osxsave) return "";
+    if (!osxsave)
+        return "";
     // The OS must save the wide registers too (XCR0: SSE, AVX, and the three AVX-512 states).
     unsigned xcr0_lo, xcr0_hi;
     __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
     const bool os_avx = (xcr0_lo & 0x6) == 0x6;
     const bool os_avx512 = (xcr0_lo & 0xe6) == 0xe6;
-    if (avx512 && os_avx512) return "SkylakeX";
-    if (avx2 && fma && os_avx) return "Haswell";
+    if (avx512 && os_avx512)
+        return "SkylakeX";
+    if (avx2 && fma && os_avx)
+        return "Haswell";
     return "";
 }
 
 template <typename F>
 F symbol(void* handle, const char* name, const char* path) {
     void* p = dlsym(handle, name);
-    if (!p) throw Error(std::string("OpenBLAS (") + path + ") has no symbol " + name);
+    if (!p)
+        throw Error(std::string("OpenBLAS (") + path + ") has no symbol " + name);
     return reinterpret_cast<F>(p);
 }
 
@@ -66,8 +72,10 @@ Library load() {
         errors += std::string(" ") + dlerror() + ";";
     }
     if (!handle) {
-        throw Error("the CPU backend needs OpenBLAS (Debian: libopenblas0), which could not be "
-                    "loaded:" + errors);
+        throw Error(
+            "the CPU backend needs OpenBLAS (Debian: libopenblas0), which could not be "
+            "loaded:" +
+            errors);
     }
     using Sgemm = decltype(lib.sgemm);
     using Dgemm = decltype(lib.dgemm);

@@ -19,8 +19,7 @@ enum Transpose { kNoTrans = 111, kTrans = 112 };
 // build). Loading throws kiln::Error naming the library and dlerror() when it is missing.
 struct Library {
     void (*sgemm)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                  const float* a, int lda, const float* b, int ldb, float beta, float* c,
-                  int ldc);
+                  const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
     void (*dgemm)(int order, int trans_a, int trans_b, int m, int n, int k, double alpha,
                   const double* a, int lda, const double* b, int ldb, double beta, double* c,
                   int ldc);

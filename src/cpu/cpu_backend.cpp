@@ -62,7 +62,8 @@ template <typename Body>
 void parallel_rows(int64_t rows, int64_t cols, Body&& body) {
     const int64_t grain = std::max<int64_t>(1, kParallelThreshold / 2 / std::max<int64_t>(cols, 1));
     parallel_range(rows, grain, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) body(r);
+        for (int64_t r = begin; r < end; ++r)
+            body(r);
     });
 }
 
@@ -72,13 +73,13 @@ void parallel_rows(int64_t rows, int64_t cols, Body&& body) {
 // takes a microcode assist: the optimizer step ran 4 times slower. TensorFlow's CPU kernels run
 // with the same mode, so Keras users see the same numbers.
 class FlushDenormals {
-public:
+  public:
     FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFtzDaz); }
     ~FlushDenormals() { _mm_setcsr(saved_); }
     FlushDenormals(const FlushDenormals&) = delete;
     FlushDenormals& operator=(const FlushDenormals&) = delete;
 
-private:
+  private:
     static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR flush-to-zero and denormals-are-zero
     unsigned saved_;
 };
@@ -91,14 +92,22 @@ template <typename Body>
 void with_activation(Activation kind, Body&& body) {
     using A = Activation;
     switch (kind) {
-        case A::kLinear: return body(std::integral_constant<A, A::kLinear>{});
-        case A::kRelu: return body(std::integral_constant<A, A::kRelu>{});
-        case A::kSigmoid: return body(std::integral_constant<A, A::kSigmoid>{});
-        case A::kTanh: return body(std::integral_constant<A, A::kTanh>{});
-        case A::kSoftmax: return body(std::integral_constant<A, A::kSoftmax>{});
-        case A::kGelu: return body(std::integral_constant<A, A::kGelu>{});
-        case A::kElu: return body(std::integral_constant<A, A::kElu>{});
-        case A::kLeakyRelu: return body(std::integral_constant<A, A::kLeakyRelu>{});
+        case A::kLinear:
+            return body(std::integral_constant<A, A::kLinear>{});
+        case A::kRelu:
+            return body(std::integral_constant<A, A::kRelu>{});
+        case A::kSigmoid:
+            return body(std::integral_constant<A, A::kSigmoid>{});
+        case A::kTanh:
+            return body(std::integral_constant<A, A::kTanh>{});
+        case A::kSoftmax:
+            return body(std::integral_constant<A, A::kSoftmax>{});
+        case A::kGelu:
+            return body(std::integral_constant<A, A::kGelu>{});
+        case A::kElu:
+            return body(std::integral_constant<A, A::kElu>{});
+        case A::kLeakyRelu:
+            return body(std::integral_constant<A, A::kLeakyRelu>{});
     }
 }
 
@@ -123,14 +132,16 @@ void dispatch(const View& v, const char* op, Fn&& fn) {
 template <typename T>
 void softmax_row(const T* z, T* y, int64_t cols) {
     T max_z = z[0];
-    for (int64_t c = 1; c < cols; ++c) max_z = std::max(max_z, z[c]);
+    for (int64_t c = 1; c < cols; ++c)
+        max_z = std::max(max_z, z[c]);
     T sum = 0;
     for (int64_t c = 0; c < cols; ++c) {
         y[c] = math::exp(z[c] - max_z);
         sum += y[c];
     }
     const T inv = T(1) / sum;
-    for (int64_t c = 0; c < cols; ++c) y[c] *= inv;
+    for (int64_t c = 0; c < cols; ++c)
+        y[c] *= inv;
 }
 
 // First index of the largest value, as argmax does in Keras.
@@ -138,7 +149,8 @@ template <typename T>
 int64_t argmax(const T* x, int64_t n) {
     int64_t best = 0;
     for (int64_t i = 1; i < n; ++i) {
-        if (x[i] > x[best]) best = i;
+        if (x[i] > x[best])
+            best = i;
     }
     return best;
 }
@@ -155,20 +167,21 @@ T loss_row(const LossSpec& spec, const T* pred, const T* target, T* g, int64_t c
         const bool sparse = spec.kind == LossKind::kSparseCategoricalCrossentropy;
         const int64_t label = sparse ? static_cast<int64_t>(target[0]) : -1;
         // y_true as a vector: one-hot of the label for the sparse loss.
-        auto y_at = [&](int64_t c) -> T {
-            return sparse ? (c == label ? T(1) : T(0)) : target[c];
-        };
+        auto y_at = [&](int64_t c) -> T { return sparse ? (c == label ? T(1) : T(0)) : target[c]; };
         if (spec.fused_output || spec.from_logits) {
             // pred holds logits z: p = softmax(z), computed stably.
             T max_z = pred[0];
-            for (int64_t c = 1; c < cols; ++c) max_z = std::max(max_z, pred[c]);
+            for (int64_t c = 1; c < cols; ++c)
+                max_z = std::max(max_z, pred[c]);
             T sum = 0;
-            for (int64_t c = 0; c < cols; ++c) sum += math::exp(pred[c] - max_z);
+            for (int64_t c = 0; c < cols; ++c)
+                sum += math::exp(pred[c] - max_z);
             const T log_sum = math::log(sum) + max_z;
             T y_sum = 0;
             for (int64_t c = 0; c < cols; ++c) {
                 const T y = y_at(c);
-                if (y == T(0)) continue;
+                if (y == T(0))
+                    continue;
                 y_sum += y;
                 // From logits the loss is the exact log-softmax; a fused softmax output keeps
                 // the value Keras reports for probabilities, -log(clip(p)).
@@ -183,15 +196,18 @@ T loss_row(const LossSpec& spec, const T* pred, const T* target, T* g, int64_t c
         } else {
             // Probabilities: Keras normalises them to sum 1, clips, and takes the log.
             T sum = 0;
-            for (int64_t c = 0; c < cols; ++c) sum += pred[c];
+            for (int64_t c = 0; c < cols; ++c)
+                sum += pred[c];
             const T lo = T(math::kEpsilon), hi = T(1) - T(math::kEpsilon);
             T unclipped_y_sum = 0;  // sum of y over the classes whose clip is inactive
             for (int64_t c = 0; c < cols; ++c) {
                 const T y = y_at(c);
-                if (y == T(0)) continue;
+                if (y == T(0))
+                    continue;
                 const T q = pred[c] / sum;
                 loss += y * math::neg_log_clipped(q);
-                if (q > lo && q < hi) unclipped_y_sum += y;
+                if (q > lo && q < hi)
+                    unclipped_y_sum += y;
             }
             if (g) {
                 for (int64_t c = 0; c < cols; ++c) {
@@ -234,9 +250,11 @@ T loss_row(const LossSpec& spec, const T* pred, const T* target, T* g, int64_t c
                 loss += math::absolute_error(p, y);
                 d = math::absolute_error_grad(p, y);
                 break;
-            default: break;
+            default:
+                break;
         }
-        if (g) g[c] = d * inv_cols * scale;
+        if (g)
+            g[c] = d * inv_cols * scale;
         if (spec.metric == MetricKind::kBinaryAccuracy) {
             correct += (p > threshold ? T(1) : T(0)) == y ? T(1) : T(0);
         }
@@ -258,7 +276,8 @@ void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, 
             parallel_elements(n, [&](int64_t begin, int64_t end) {
                 if (momentum == T(0)) {
 #pragma omp simd
-                    for (int64_t i = begin; i < end; ++i) p[i] -= lr * g[i];
+                    for (int64_t i = begin; i < end; ++i)
+                        p[i] -= lr * g[i];
                 } else {
 #pragma omp simd
                     for (int64_t i = begin; i < end; ++i) {
@@ -304,7 +323,7 @@ void update_all(const OptimizerStep& o, T* __restrict p, const T* __restrict g, 
 // Checkpoint staging on the CPU: the "device" memory is host memory and every op has finished
 // when it returns, so staging is a memcpy and there is nothing to wait for.
 class CpuStagingBuffer final : public StagingBuffer {
-public:
+  public:
     explicit CpuStagingBuffer(size_t bytes) : StagingBuffer(bytes), memory_(bytes) {}
 
     const void* host() const override { return memory_.data(); }
@@ -320,15 +339,15 @@ public:
     }
     void wait() override {}
 
-private:
+  private:
     std::vector<char> memory_;
 };
 
 class CpuBackend final : public Backend {
-public:
+  public:
     CpuBackend() : blas_(blas::library()) {
-        // One pool of threads: OpenBLAS runs single-threaded inside kiln's pool (cpu/parallel.h), which
-        // split the large GEMMs themselves. Two pools spinning on the same cores (OpenBLAS's
+        // One pool of threads: OpenBLAS runs single-threaded inside kiln's pool (cpu/parallel.h),
+        // which split the large GEMMs themselves. Two pools spinning on the same cores (OpenBLAS's
         // and OpenMP's) made an epoch several times slower on 2 cores.
         blas_.set_num_threads(1);
     }
@@ -351,8 +370,9 @@ public:
     void* allocate(size_t bytes) override {
         // 64-byte alignment: cache lines and the widest vector loads.
         void* ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!ptr) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) +
-                              " bytes");
+        if (!ptr)
+            throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) +
+                        " bytes");
         return ptr;
     }
     void deallocate(void* ptr, size_t) noexcept override { std::free(ptr); }
@@ -364,7 +384,8 @@ public:
     void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
     void fill_zero(const View& x) override { std::memset(x.data, 0, x.bytes()); }
     bool peek(void* dst, const void* src, size_t bytes) override {
-        if (bytes > kPeekBytes) throw Error("peek: at most kPeekBytes per call");
+        if (bytes > kPeekBytes)
+            throw Error("peek: at most kPeekBytes per call");
         std::memcpy(dst, src, bytes);
         return true;
     }
@@ -376,7 +397,8 @@ public:
     // ---- dense algebra --------------------------------------------------------------------
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
               const View& a, const View& b, float beta, const View& c) override {
-        if (m == 0 || n == 0) return;
+        if (m == 0 || n == 0)
+            return;
         FlushDenormals ftz;
         dispatch(c, "gemm", [&](auto t) {
             using T = decltype(t);
@@ -399,15 +421,15 @@ public:
                 T* zr = zp + r * cols;
                 T* yr = yp + r * cols;
                 if (bp) {
-                    for (int64_t c = 0; c < cols; ++c) zr[c] += bp[c];
+                    for (int64_t c = 0; c < cols; ++c)
+                        zr[c] += bp[c];
                 }
                 if (act.kind == Activation::kSoftmax) {
                     softmax_row(zr, yr, cols);
                 } else if (act.kind != Activation::kLinear || yr != zr) {
                     with_activation(act.kind, [&](auto kind) {
                         for (int64_t c = 0; c < cols; ++c) {
-                            yr[c] =
-                                math::activation_forward(decltype(kind)::value, alpha, zr[c]);
+                            yr[c] = math::activation_forward(decltype(kind)::value, alpha, zr[c]);
                         }
                     });
                 }
@@ -429,14 +451,16 @@ public:
                 const int64_t o = r * cols;
                 if (act.kind == Activation::kSoftmax) {
                     T dot = 0;
-                    for (int64_t c = 0; c < cols; ++c) dot += dyp[o + c] * yp[o + c];
-                    for (int64_t c = 0; c < cols; ++c) dzp[o + c] = yp[o + c] * (dyp[o + c] - dot);
+                    for (int64_t c = 0; c < cols; ++c)
+                        dot += dyp[o + c] * yp[o + c];
+                    for (int64_t c = 0; c < cols; ++c)
+                        dzp[o + c] = yp[o + c] * (dyp[o + c] - dot);
                 } else {
                     with_activation(act.kind, [&](auto kind) {
                         for (int64_t c = 0; c < cols; ++c) {
-                            dzp[o + c] = dyp[o + c] * math::activation_derivative(
-                                                          decltype(kind)::value, alpha, zp[o + c],
-                                                          yp[o + c]);
+                            dzp[o + c] = dyp[o + c] *
+                                         math::activation_derivative(decltype(kind)::value, alpha,
+                                                                     zp[o + c], yp[o + c]);
                         }
                     });
                 }
@@ -453,7 +477,8 @@ public:
             std::fill(dbp, dbp + cols, T(0));
             for (int64_t r = 0; r < rows; ++r) {
                 const T* row = dzp + r * cols;
-                for (int64_t c = 0; c < cols; ++c) dbp[c] += row[c];
+                for (int64_t c = 0; c < cols; ++c)
+                    dbp[c] += row[c];
             }
         });
     }
@@ -510,7 +535,8 @@ public:
             const T* bp = b.as<T>();
             T* op = out.as<T>();
             parallel_elements(n, [&](int64_t begin, int64_t end) {
-                for (int64_t i = begin; i < end; ++i) op[i] = ap[i] * bp[i];
+                for (int64_t i = begin; i < end; ++i)
+                    op[i] = ap[i] * bp[i];
             });
         });
     }
@@ -527,14 +553,16 @@ public:
 
     // ---- data -----------------------------------------------------------------------------
     void permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream) override {
-        if (perm.dtype != DType::kInt32) throw Error("permutation: perm must be int32");
+        if (perm.dtype != DType::kInt32)
+            throw Error("permutation: perm must be int32");
         std::vector<std::pair<uint64_t, int32_t>> keyed(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) {
             keyed[i] = {math::hash3(seed, stream, uint64_t(i)), static_cast<int32_t>(i)};
         }
         std::sort(keyed.begin(), keyed.end());  // by key, then by index
         int32_t* out = perm.as<int32_t>();
-        for (int64_t i = 0; i < n; ++i) out[i] = keyed[i].second;
+        for (int64_t i = 0; i < n; ++i)
+            out[i] = keyed[i].second;
     }
 
     void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
@@ -605,10 +633,9 @@ public:
                                                 saved_inv_std.as<T>());
         });
     }
-    void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
-                                      const View& gamma, const View& beta,
-                                      const View& moving_mean, const View& moving_variance,
-                                      const View& y) override {
+    void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x, const View& gamma,
+                                      const View& beta, const View& moving_mean,
+                                      const View& moving_variance, const View& y) override {
         FlushDenormals ftz;
         dispatch(y, "batch_norm_forward_inference", [&](auto t) {
             using T = decltype(t);
@@ -629,7 +656,7 @@ public:
         });
     }
 
-private:
+  private:
     // One GEMM call of OpenBLAS on a block of C. Row-major; leading dimensions are those of
     // the whole matrices.
     template <typename T>
@@ -662,7 +689,8 @@ private:
         // Blocks of at least 16 rows or columns, which keeps whole vector registers in each.
         parallel_range(split_rows ? m : n, 16, 16, [&](int64_t lo, int64_t hi) {
             const int64_t len = hi - lo;
-            if (len == 0) return;
+            if (len == 0)
+                return;
             if (split_rows) {
                 // Rows lo.. of op(a): row lo of a, or column lo of a stored transposed.
                 const T* a_block = trans_a ? a + lo : a + lo * lda;
@@ -671,8 +699,8 @@ private:
             } else {
                 // Columns lo.. of op(b): column lo of b, or row lo of b stored transposed.
                 const T* b_block = trans_b ? b + lo * ldb : b + lo;
-                gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, b_block, ldb, beta,
-                           c + lo, ldc);
+                gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, b_block, ldb, beta, c + lo,
+                           ldc);
             }
         });
     }
@@ -684,6 +712,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend() {
+    return std::make_unique<CpuBackend>();
+}
 
 }  // namespace kiln

@@ -32,7 +32,9 @@ namespace cpu {
 
 // ---- scratch ------------------------------------------------------------------------------------
 
-ScratchBlock::~ScratchBlock() { std::free(ptr_); }
+ScratchBlock::~ScratchBlock() {
+    std::free(ptr_);
+}
 
 ScratchBlock::ScratchBlock(ScratchBlock&& other) noexcept : ptr_(other.ptr_), bytes_(other.bytes_) {
     other.ptr_ = nullptr;
@@ -51,7 +53,8 @@ ScratchBlock& ScratchBlock::operator=(ScratchBlock&& other) noexcept {
 }
 
 void* ScratchBlock::get(size_t bytes) {
-    if (bytes <= bytes_ && ptr_ != nullptr) return ptr_;
+    if (bytes <= bytes_ && ptr_ != nullptr)
+        return ptr_;
     std::free(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
@@ -68,13 +71,15 @@ void* ScratchBlock::get(size_t bytes) {
 ImageScratch::ImageScratch(int max_concurrent)
     : blocks_(static_cast<size_t>(std::max(max_concurrent, 1))),
       busy_(new std::atomic<bool>[blocks_.size()]) {
-    for (size_t i = 0; i < blocks_.size(); ++i) busy_[i].store(false);
+    for (size_t i = 0; i < blocks_.size(); ++i)
+        busy_[i].store(false);
 }
 
 ImageScratch::Lease ImageScratch::lease() {
     for (size_t i = 0; i < blocks_.size(); ++i) {
         bool expected = false;
-        if (busy_[i].compare_exchange_strong(expected, true)) return Lease(*this, int(i));
+        if (busy_[i].compare_exchange_strong(expected, true))
+            return Lease(*this, int(i));
     }
     throw Error("cpu backend: more image-op chunks running at once than scratch blocks (" +
                 std::to_string(blocks_.size()) + ")");
@@ -104,12 +109,14 @@ void for_each_index(int64_t n, bool parallel, Body&& body) {
     ThreadPool& pool = ThreadPool::shared();
     const int64_t jobs = std::min<int64_t>(n, int64_t(pool.threads()) * kJobsPerThread);
     if (!parallel || pool.threads() < 2 || jobs < 2) {
-        for (int64_t i = 0; i < n; ++i) body(i);
+        for (int64_t i = 0; i < n; ++i)
+            body(i);
         return;
     }
     pool.parallel_for(static_cast<int>(jobs), [&](int job) {
         const int64_t begin = n * job / jobs, end = n * (job + 1) / jobs;
-        for (int64_t i = begin; i < end; ++i) body(i);
+        for (int64_t i = begin; i < end; ++i)
+            body(i);
     });
 }
 
@@ -133,8 +140,8 @@ void check_gemm_sizes(const Conv2DGeometry& g, int64_t chunk_rows) {
     const int64_t limit = std::numeric_limits<int>::max();
     if (chunk_rows * g.patch_size() > limit || g.patch_size() * g.out_c > limit ||
         chunk_rows * g.out_c > limit) {
-        throw Error("cpu backend: conv2d: a chunk of " + std::to_string(chunk_rows) +
-                    " pixels × " + std::to_string(g.patch_size()) +
+        throw Error("cpu backend: conv2d: a chunk of " + std::to_string(chunk_rows) + " pixels × " +
+                    std::to_string(g.patch_size()) +
                     " patch values is too large for OpenBLAS's 32-bit sizes");
     }
 }
@@ -158,7 +165,9 @@ bool is_pointwise(const Conv2DGeometry& g) {
            g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
 }
 
-bool is_direct(const Conv2DGeometry& g) { return g.patch_size() <= kDirectPatch; }
+bool is_direct(const Conv2DGeometry& g) {
+    return g.patch_size() <= kDirectPatch;
+}
 
 // The patch of output pixel (n, oh, ow): KH·KW·C values in (kh, kw, c) order, zero in the padding.
 template <typename T>
@@ -173,7 +182,8 @@ void gather_patch(const Conv2DGeometry& g, const T* x, int64_t n, int64_t oh, in
         // no bounds to check.
         for (int64_t r = 0; r < g.kernel_h; ++r) {
             const T* line = image + (h0 + r * g.dilation_h) * g.in_w + w0;
-            for (int64_t s = 0; s < g.kernel_w; ++s) *patch++ = line[s * g.dilation_w];
+            for (int64_t s = 0; s < g.kernel_w; ++s)
+                *patch++ = line[s * g.dilation_w];
         }
         return;
     }
@@ -225,7 +235,8 @@ void col2im(const Conv2DGeometry& g, const T* dcol, int64_t n0, int64_t count, T
                         const int64_t iw = ow * g.stride_w - g.pad_left + s * g.dilation_w;
                         if (ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w) {
                             T* cell = image + (ih * g.in_w + iw) * C;
-                            for (int64_t c = 0; c < C; ++c) cell[c] += src[c];
+                            for (int64_t c = 0; c < C; ++c)
+                                cell[c] += src[c];
                         }
                         src += C;
                     }
@@ -257,17 +268,124 @@ void gather_group(const Conv2DGeometry& g, const T* x, int64_t p0, int64_t group
     }
 }
 
+// Where the taps of a group of pixels can be read straight from a one-channel image: the group
+// lies in one sample and every window is wholly inside it (every window of a 'valid' first
+// layer). Then tap t of pixel q is base[q][offset[t]]; no patch is copied.
+template <typename T>
+struct DirectTaps {
+    int64_t offset[kDirectPatch];  // of each tap from its window's first cell
+
+    explicit DirectTaps(const Conv2DGeometry& g) {
+        int64_t t = 0;
+        for (int64_t r = 0; r < g.kernel_h; ++r) {
+            for (int64_t s = 0; s < g.kernel_w; ++s) {
+                offset[t++] = r * g.dilation_h * g.in_w + s * g.dilation_w;
+            }
+        }
+    }
+
+    // The window starts of pixels [p0, p0 + kPixelGroup), or false when the group does not
+    // qualify.
+    static bool interior(const Conv2DGeometry& g, const T* x, int64_t p0, const T** base) {
+        if (g.in_c != 1) return false;
+        const int64_t pixels = g.out_h * g.out_w;
+        const int64_t n = p0 / pixels;
+        if ((p0 + kPixelGroup - 1) / pixels != n) return false;
+        const T* image = x + n * g.in_h * g.in_w;
+        for (int64_t q = 0; q < kPixelGroup; ++q) {
+            const int64_t p = (p0 + q) % pixels;
+            const int64_t h0 = p / g.out_w * g.stride_h - g.pad_top;
+            const int64_t w0 = p % g.out_w * g.stride_w - g.pad_left;
+            if (h0 < 0 || w0 < 0 || h0 + (g.kernel_h - 1) * g.dilation_h >= g.in_h ||
+                w0 + (g.kernel_w - 1) * g.dilation_w >= g.in_w) {
+                return false;
+            }
+            base[q] = image + h0 * g.in_w + w0;
+        }
+        return true;
+    }
+};
+
+// out rows q = 0..3 (F apart), filters 0..15 = Σ_t b_q[offset[t]] · kernel[t·F + j]: one tile of
+// the direct forward pass with the taps read in place, the taps added in order.
+template <typename T>
+void direct_tile(const T* b0, const T* b1, const T* b2, const T* b3, const int64_t* offset,
+                 const T* kernel, int64_t K, int64_t F, T* out) {
+    T a0[kFilterBlock] = {}, a1[kFilterBlock] = {}, a2[kFilterBlock] = {}, a3[kFilterBlock] = {};
+    for (int64_t t = 0; t < K; ++t) {
+        const T* w = kernel + t * F;
+        const int64_t o = offset[t];
+        const T v0 = b0[o], v1 = b1[o], v2 = b2[o], v3 = b3[o];
+        for (int64_t j = 0; j < kFilterBlock; ++j) {
+            a0[j] += v0 * w[j];
+            a1[j] += v1 * w[j];
+            a2[j] += v2 * w[j];
+            a3[j] += v3 * w[j];
+        }
+    }
+    for (int64_t j = 0; j < kFilterBlock; ++j) {
+        out[j] = a0[j];
+        out[F + j] = a1[j];
+        out[2 * F + j] = a2[j];
+        out[3 * F + j] = a3[j];
+    }
+}
+
+// The float tile in GCC's vector types: 16 floats, one AVX-512 register (two AVX2 ones). GCC 12
+// interchanged the loops of the generic version and kept its accumulators in memory, five times
+// slower; these four stay in registers. The same operations in the same order.
+using Float16 = float __attribute__((vector_size(64)));
+
+inline Float16 load16(const float* p) {
+    Float16 v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+inline void store16(float* p, Float16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+template <>
+void direct_tile<float>(const float* b0, const float* b1, const float* b2, const float* b3,
+                        const int64_t* offset, const float* kernel, int64_t K, int64_t F,
+                        float* out) {
+    static_assert(kFilterBlock == 16, "Float16 holds one filter block");
+    Float16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t t = 0; t < K; ++t) {
+        const Float16 w = load16(kernel + t * F);
+        const int64_t o = offset[t];
+        a0 += b0[o] * w;
+        a1 += b1[o] * w;
+        a2 += b2[o] * w;
+        a3 += b3[o] * w;
+    }
+    store16(out, a0);
+    store16(out + F, a1);
+    store16(out + 2 * F, a2);
+    store16(out + 3 * F, a3);
+}
+
 // The direct forward pass of samples [n0, n0 + count): y row = Σ_t patch[t] · kernel row t, the
 // taps added in order. A tile of kPixelGroup pixels × kFilterBlock filters is summed in
 // registers: four independent chains of multiply-adds, so the adder's latency is hidden.
 template <typename T>
-void direct_forward(const Conv2DGeometry& g, const T* x, const T* kernel, int64_t n0,
-                    int64_t count, T* y) {
+void direct_forward(const Conv2DGeometry& g, const T* x, const T* kernel, int64_t n0, int64_t count,
+                    T* y) {
     const int64_t K = g.patch_size(), F = g.out_c, pixels = g.out_h * g.out_w;
     T patches[kPixelGroup][kDirectPatch];
+    const DirectTaps<T> taps(g);
     const int64_t first = n0 * pixels, end = (n0 + count) * pixels;
     for (int64_t p0 = first; p0 < end; p0 += kPixelGroup) {
         const int64_t group = std::min(kPixelGroup, end - p0);
+        const T* base[kPixelGroup];
+        if (group == kPixelGroup && F % kFilterBlock == 0 &&
+            DirectTaps<T>::interior(g, x, p0, base)) {
+            // The same sums as below, the taps read in place.
+            for (int64_t f0 = 0; f0 < F; f0 += kFilterBlock) {
+                direct_tile(base[0], base[1], base[2], base[3], taps.offset, kernel + f0, K, F,
+                            y + p0 * F + f0);
+            }
+            continue;
+        }
         gather_group(g, x, p0, group, patches);
         for (int64_t f0 = 0; f0 < F; f0 += kFilterBlock) {
             const int64_t width = std::min(kFilterBlock, F - f0);
@@ -310,7 +428,8 @@ void direct_forward(const Conv2DGeometry& g, const T* x, const T* kernel, int64_
                 }
             }
             const T* acc[kPixelGroup] = {a0, a1, a2, a3};
-            for (int64_t q = 0; q < group; ++q) std::copy_n(acc[q], width, y + (p0 + q) * F + f0);
+            for (int64_t q = 0; q < group; ++q)
+                std::copy_n(acc[q], width, y + (p0 + q) * F + f0);
         }
     }
 }
@@ -322,12 +441,26 @@ void direct_backward_filter(const Conv2DGeometry& g, const T* x, const T* dy, in
                             int64_t count, T* dkernel) {
     const int64_t K = g.patch_size(), F = g.out_c, pixels = g.out_h * g.out_w;
     T patches[kPixelGroup][kDirectPatch];
+    const DirectTaps<T> taps(g);
     std::fill_n(dkernel, K * F, T(0));
     const int64_t first = n0 * pixels, end = (n0 + count) * pixels;
     for (int64_t p0 = first; p0 < end; p0 += kPixelGroup) {
         const int64_t group = std::min(kPixelGroup, end - p0);
-        gather_group(g, x, p0, group, patches);
         const T* d = dy + p0 * F;
+        const T* base[kPixelGroup];
+        if (group == kPixelGroup && DirectTaps<T>::interior(g, x, p0, base)) {
+            // The same sums as below, the taps read in place.
+            for (int64_t t = 0; t < K; ++t) {
+                const int64_t o = taps.offset[t];
+                const T v0 = base[0][o], v1 = base[1][o], v2 = base[2][o], v3 = base[3][o];
+                T* __restrict row = dkernel + t * F;
+                for (int64_t f = 0; f < F; ++f) {
+                    row[f] += (v0 * d[f] + v1 * d[F + f]) + (v2 * d[2 * F + f] + v3 * d[3 * F + f]);
+                }
+            }
+            continue;
+        }
+        gather_group(g, x, p0, group, patches);
         if (group == kPixelGroup) {
             for (int64_t t = 0; t < K; ++t) {
                 const T v0 = patches[0][t], v1 = patches[1][t];
@@ -342,7 +475,8 @@ void direct_backward_filter(const Conv2DGeometry& g, const T* x, const T* dy, in
                 for (int64_t t = 0; t < K; ++t) {
                     const T v = patches[q][t];
                     T* __restrict row = dkernel + t * F;
-                    for (int64_t f = 0; f < F; ++f) row[f] += v * d[q * F + f];
+                    for (int64_t f = 0; f < F; ++f)
+                        row[f] += v * d[q * F + f];
                 }
             }
         }
@@ -356,10 +490,12 @@ void bias_activation_rows(T* rows_ptr, int64_t rows, int64_t F, const T* bias, T
     for (int64_t r = 0; r < rows; ++r) {
         T* __restrict row = rows_ptr + r * F;
         if (bias != nullptr) {
-            for (int64_t f = 0; f < F; ++f) row[f] += bias[f];
+            for (int64_t f = 0; f < F; ++f)
+                row[f] += bias[f];
         }
         if constexpr (kKind != Activation::kLinear) {
-            for (int64_t f = 0; f < F; ++f) row[f] = math::activation_forward(kKind, alpha, row[f]);
+            for (int64_t f = 0; f < F; ++f)
+                row[f] = math::activation_forward(kKind, alpha, row[f]);
         }
     }
 }
@@ -389,8 +525,9 @@ void bias_activation(T* rows_ptr, int64_t rows, int64_t F, const T* bias, Activa
         case Activation::kSoftmax:
             break;
     }
-    throw Error("cpu backend: conv2d_forward takes element-wise activations only (a softmax "
-                "goes through bias_activation_forward)");
+    throw Error(
+        "cpu backend: conv2d_forward takes element-wise activations only (a softmax "
+        "goes through bias_activation_forward)");
 }
 
 }  // namespace
@@ -400,8 +537,10 @@ void bias_activation(T* rows_ptr, int64_t rows, int64_t F, const T* bias, Activa
 template <typename T>
 void conv2d_forward(const blas::Library& blas, ImageScratch& scratch, const Conv2DGeometry& g,
                     const T* x, const T* kernel, const T* bias, ActivationSpec act, T* y) {
-    if (g.batch == 0) return;
-    if (act.kind == Activation::kSoftmax) bias_activation<T>(y, 0, 0, bias, act);  // throws
+    if (g.batch == 0)
+        return;
+    if (act.kind == Activation::kSoftmax)
+        bias_activation<T>(y, 0, 0, bias, act);  // throws
     const int64_t pixels = g.out_h * g.out_w, K = g.patch_size(), F = g.out_c;
     const Chunking chunks = chunk_batch(g.batch, pixels);
     check_gemm_sizes(g, chunks.samples * pixels);
@@ -428,9 +567,10 @@ void conv2d_forward(const blas::Library& blas, ImageScratch& scratch, const Conv
 }
 
 template <typename T>
-void conv2d_backward_data(const blas::Library& blas, ImageScratch& scratch,
-                          const Conv2DGeometry& g, const T* dy, const T* kernel, T* dx) {
-    if (g.batch == 0) return;
+void conv2d_backward_data(const blas::Library& blas, ImageScratch& scratch, const Conv2DGeometry& g,
+                          const T* dy, const T* kernel, T* dx) {
+    if (g.batch == 0)
+        return;
     const int64_t pixels = g.out_h * g.out_w, K = g.patch_size(), F = g.out_c;
     const Chunking chunks = chunk_batch(g.batch, pixels);
     check_gemm_sizes(g, chunks.samples * pixels);
@@ -465,10 +605,9 @@ void conv2d_backward_filter(const blas::Library& blas, ImageScratch& scratch,
     check_gemm_sizes(g, chunks.samples * pixels);
     const bool pointwise = is_pointwise(g), direct = is_direct(g);
     // One partial dkernel per chunk, added in chunk order below; a single chunk writes dkernel.
-    T* partials = chunks.count == 1
-                      ? dkernel
-                      : static_cast<T*>(scratch.shared().get(
-                            static_cast<size_t>(chunks.count * K * F) * sizeof(T)));
+    T* partials = chunks.count == 1 ? dkernel
+                                    : static_cast<T*>(scratch.shared().get(
+                                          static_cast<size_t>(chunks.count * K * F) * sizeof(T)));
     for_each_index(chunks.count, chunks.count > 1, [&](int64_t ci) {
         const int64_t n0 = ci * chunks.samples;
         const int64_t count = std::min(chunks.samples, g.batch - n0);
@@ -487,12 +626,15 @@ void conv2d_backward_filter(const blas::Library& blas, ImageScratch& scratch,
         gemm<T>(blas, true, false, K, F, rows, col, K, dy + n0 * pixels * F, F,
                 partials + ci * K * F, F);
     });
-    if (chunks.count == 1) return;
+    if (chunks.count == 1)
+        return;
     const int64_t n = K * F;
-    for (int64_t i = 0; i < n; ++i) dkernel[i] = partials[i];
+    for (int64_t i = 0; i < n; ++i)
+        dkernel[i] = partials[i];
     for (int64_t ci = 1; ci < chunks.count; ++ci) {
         const T* p = partials + ci * n;
-        for (int64_t i = 0; i < n; ++i) dkernel[i] += p[i];
+        for (int64_t i = 0; i < n; ++i)
+            dkernel[i] += p[i];
     }
 }
 
@@ -527,11 +669,13 @@ void pool2d_forward(const Pool2DGeometry& g, const T* x, T* y) {
                 for (int64_t h = h0; h < h1; ++h) {
                     for (int64_t w = w0; w < w1; ++w) {
                         const T* __restrict cell = image + (h * g.in_w + w) * C;
-                        for (int64_t c = 0; c < C; ++c) out[c] += cell[c];
+                        for (int64_t c = 0; c < C; ++c)
+                            out[c] += cell[c];
                     }
                 }
                 const T count = T((h1 - h0) * (w1 - w0));
-                for (int64_t c = 0; c < C; ++c) out[c] = out[c] / count;
+                for (int64_t c = 0; c < C; ++c)
+                    out[c] = out[c] / count;
             }
         }
     });
@@ -578,7 +722,8 @@ void pool2d_backward_tiling_max(ImageScratch& scratch, const Pool2DGeometry& g, 
                 for (int64_t w = w0; w < w0 + g.pool_w; ++w) {
                     const int32_t cell = int32_t(h * g.in_w + w);
                     T* __restrict out = grad + cell * C;
-                    for (int64_t c = 0; c < C; ++c) out[c] = best_cell[c] == cell ? d[c] : T(0);
+                    for (int64_t c = 0; c < C; ++c)
+                        out[c] = best_cell[c] == cell ? d[c] : T(0);
                 }
             }
         }
@@ -622,8 +767,8 @@ void pool2d_backward(ImageScratch& scratch, const Pool2DGeometry& g, const T* x,
         T* best = nullptr;
         int32_t* best_cell = nullptr;
         if (g.kind == PoolKind::kMax) {
-            char* block = static_cast<char*>(lease.get(static_cast<size_t>(C) *
-                                                       (sizeof(T) + sizeof(int32_t))));
+            char* block = static_cast<char*>(
+                lease.get(static_cast<size_t>(C) * (sizeof(T) + sizeof(int32_t))));
             best = reinterpret_cast<T*>(block);
             best_cell = reinterpret_cast<int32_t*>(block + C * sizeof(T));
         }
@@ -649,13 +794,15 @@ void pool2d_backward(ImageScratch& scratch, const Pool2DGeometry& g, const T* x,
                             }
                         }
                     }
-                    for (int64_t c = 0; c < C; ++c) grad[int64_t(best_cell[c]) * C + c] += d[c];
+                    for (int64_t c = 0; c < C; ++c)
+                        grad[int64_t(best_cell[c]) * C + c] += d[c];
                 } else {
                     const T count = T((h1 - h0) * (w1 - w0));
                     for (int64_t h = h0; h < h1; ++h) {
                         for (int64_t w = w0; w < w1; ++w) {
                             T* __restrict cell = grad + (h * g.in_w + w) * C;
-                            for (int64_t c = 0; c < C; ++c) cell[c] += d[c] / count;
+                            for (int64_t c = 0; c < C; ++c)
+                                cell[c] += d[c] / count;
                         }
                     }
                 }
@@ -680,12 +827,14 @@ void channel_sums(ImageScratch& scratch, int64_t rows, int64_t channels, F&& f, 
         std::fill_n(sums, channels, 0.0);
         const int64_t end = std::min(rows, (b + 1) * kNormBlockRows);
         for (int64_t r = b * kNormBlockRows; r < end; ++r) {
-            for (int64_t c = 0; c < channels; ++c) sums[c] += f(r, c);
+            for (int64_t c = 0; c < channels; ++c)
+                sums[c] += f(r, c);
         }
     });
     for (int64_t c = 0; c < channels; ++c) {
         double total = 0;
-        for (int64_t b = 0; b < blocks; ++b) total += partial[b * channels + c];
+        for (int64_t b = 0; b < blocks; ++b)
+            total += partial[b * channels + c];
         out[c] = total;
     }
 }
@@ -706,20 +855,24 @@ void batch_norm_forward_training(ImageScratch& scratch, const BatchNormGeometry&
                                  const T* gamma, const T* beta, T* y, T* moving_mean,
                                  T* moving_variance, T* saved_mean, T* saved_inv_std) {
     const int64_t R = g.rows, C = g.channels;
-    if (R == 0) return;
+    if (R == 0)
+        return;
     std::vector<double> mean(static_cast<size_t>(C)), var(static_cast<size_t>(C));
 
     // the mean, then the biased variance about it (two passes: no cancellation)
-    channel_sums<T>(scratch, R, C, [&](int64_t r, int64_t c) { return double(x[r * C + c]); },
-                    mean.data());
-    for (double& m : mean) m /= double(R);
-    channel_sums<T>(scratch, R, C,
-                    [&](int64_t r, int64_t c) {
-                        const double d = double(x[r * C + c]) - mean[size_t(c)];
-                        return d * d;
-                    },
-                    var.data());
-    for (double& v : var) v /= double(R);
+    channel_sums<T>(
+        scratch, R, C, [&](int64_t r, int64_t c) { return double(x[r * C + c]); }, mean.data());
+    for (double& m : mean)
+        m /= double(R);
+    channel_sums<T>(
+        scratch, R, C,
+        [&](int64_t r, int64_t c) {
+            const double d = double(x[r * C + c]) - mean[size_t(c)];
+            return d * d;
+        },
+        var.data());
+    for (double& v : var)
+        v /= double(R);
 
     // the saved statistics and the moving ones
     const T momentum = T(g.momentum), epsilon = T(g.epsilon);
@@ -734,8 +887,8 @@ void batch_norm_forward_training(ImageScratch& scratch, const BatchNormGeometry&
     for_row_blocks(R, C, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
             for (int64_t c = 0; c < C; ++c) {
-                y[r * C + c] = math::batch_norm_apply(x[r * C + c], saved_mean[c],
-                                                      saved_inv_std[c], gamma[c], beta[c]);
+                y[r * C + c] = math::batch_norm_apply(x[r * C + c], saved_mean[c], saved_inv_std[c],
+                                                      gamma[c], beta[c]);
             }
         }
     });
@@ -761,19 +914,20 @@ void batch_norm_forward_inference(const BatchNormGeometry& g, const T* x, const 
 }
 
 template <typename T>
-void batch_norm_backward(ImageScratch& scratch, const BatchNormGeometry& g, const T* x,
-                         const T* dy, const T* gamma, const T* saved_mean,
-                         const T* saved_inv_std, T* dx, T* dgamma, T* dbeta) {
+void batch_norm_backward(ImageScratch& scratch, const BatchNormGeometry& g, const T* x, const T* dy,
+                         const T* gamma, const T* saved_mean, const T* saved_inv_std, T* dx,
+                         T* dgamma, T* dbeta) {
     const int64_t R = g.rows, C = g.channels;
     std::vector<double> sum_dy(static_cast<size_t>(C)), sum_dy_xhat(static_cast<size_t>(C));
-    channel_sums<T>(scratch, R, C, [&](int64_t r, int64_t c) { return double(dy[r * C + c]); },
-                    sum_dy.data());
-    channel_sums<T>(scratch, R, C,
-                    [&](int64_t r, int64_t c) {
-                        const T xhat = (x[r * C + c] - saved_mean[c]) * saved_inv_std[c];
-                        return double(dy[r * C + c]) * double(xhat);
-                    },
-                    sum_dy_xhat.data());
+    channel_sums<T>(
+        scratch, R, C, [&](int64_t r, int64_t c) { return double(dy[r * C + c]); }, sum_dy.data());
+    channel_sums<T>(
+        scratch, R, C,
+        [&](int64_t r, int64_t c) {
+            const T xhat = (x[r * C + c] - saved_mean[c]) * saved_inv_std[c];
+            return double(dy[r * C + c]) * double(xhat);
+        },
+        sum_dy_xhat.data());
     std::vector<T> mean_dy(static_cast<size_t>(C)), mean_dy_xhat(static_cast<size_t>(C));
     for (int64_t c = 0; c < C; ++c) {
         dbeta[c] = T(sum_dy[size_t(c)]);

@@ -29,7 +29,7 @@ namespace cpu {
 // A growable, 64-byte aligned block of host memory, kept between calls so that a training step
 // allocates nothing once the first step has sized it.
 class ScratchBlock {
-public:
+  public:
     ScratchBlock() = default;
     ~ScratchBlock();
     ScratchBlock(const ScratchBlock&) = delete;
@@ -40,7 +40,7 @@ public:
     // At least `bytes` bytes; the contents are not kept when it grows.
     void* get(size_t bytes);
 
-private:
+  private:
     void* ptr_ = nullptr;
     size_t bytes_ = 0;
 };
@@ -49,28 +49,28 @@ private:
 // one at a time per running chunk, and one shared block (per-chunk partial sums). The pool runs
 // at most threads() chunks at once, so that many blocks always suffice.
 class ImageScratch {
-public:
+  public:
     explicit ImageScratch(int max_concurrent);
     ImageScratch(const ImageScratch&) = delete;
     ImageScratch& operator=(const ImageScratch&) = delete;
 
     // A block no running chunk holds, returned to the set when the lease goes.
     class Lease {
-    public:
+      public:
         Lease(ImageScratch& owner, int index) : owner_(owner), index_(index) {}
         ~Lease() { owner_.busy_[static_cast<size_t>(index_)].store(false); }
         Lease(const Lease&) = delete;
         Lease& operator=(const Lease&) = delete;
         void* get(size_t bytes) { return owner_.blocks_[static_cast<size_t>(index_)].get(bytes); }
 
-    private:
+      private:
         ImageScratch& owner_;
         int index_;
     };
     Lease lease();
     ScratchBlock& shared() { return shared_; }
 
-private:
+  private:
     std::vector<ScratchBlock> blocks_;
     std::unique_ptr<std::atomic<bool>[]> busy_;
     ScratchBlock shared_;
@@ -81,8 +81,8 @@ template <typename T>
 void conv2d_forward(const blas::Library& blas, ImageScratch& scratch, const Conv2DGeometry& g,
                     const T* x, const T* kernel, const T* bias, ActivationSpec act, T* y);
 template <typename T>
-void conv2d_backward_data(const blas::Library& blas, ImageScratch& scratch,
-                          const Conv2DGeometry& g, const T* dy, const T* kernel, T* dx);
+void conv2d_backward_data(const blas::Library& blas, ImageScratch& scratch, const Conv2DGeometry& g,
+                          const T* dy, const T* kernel, T* dx);
 template <typename T>
 void conv2d_backward_filter(const blas::Library& blas, ImageScratch& scratch,
                             const Conv2DGeometry& g, const T* x, const T* dy, T* dkernel);
@@ -102,9 +102,9 @@ void batch_norm_forward_inference(const BatchNormGeometry& g, const T* x, const 
                                   const T* beta, const T* moving_mean, const T* moving_variance,
                                   T* y);
 template <typename T>
-void batch_norm_backward(ImageScratch& scratch, const BatchNormGeometry& g, const T* x,
-                         const T* dy, const T* gamma, const T* saved_mean,
-                         const T* saved_inv_std, T* dx, T* dgamma, T* dbeta);
+void batch_norm_backward(ImageScratch& scratch, const BatchNormGeometry& g, const T* x, const T* dy,
+                         const T* gamma, const T* saved_mean, const T* saved_inv_std, T* dx,
+                         T* dgamma, T* dbeta);
 
 }  // namespace cpu
 }  // namespace kiln

@@ -23,7 +23,7 @@ namespace kiln {
 namespace cpu {
 
 class ThreadPool {
-public:
+  public:
     // `threads` counts the caller: 1 runs everything inline.
     explicit ThreadPool(int threads);
     ~ThreadPool();
@@ -39,7 +39,7 @@ public:
     // The backend's pool: KILN_NUM_THREADS threads when set, else one per core.
     static ThreadPool& shared();
 
-private:
+  private:
     static constexpr int kMaxChunks = 256;
 
     void worker_main(int index);

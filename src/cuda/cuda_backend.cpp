@@ -108,7 +108,8 @@ void require_f32(const char* op, const char* name, const View& v) {
 
 // As require_f32, for an optional operand (null data means absent).
 void require_f32_or_null(const char* op, const char* name, const View& v) {
-    if (v.data != nullptr) require_f32(op, name, v);
+    if (v.data != nullptr)
+        require_f32(op, name, v);
 }
 
 std::string gib_string(size_t bytes) {
@@ -124,7 +125,7 @@ std::string cuda_version_string(int version) {
 // ---- the backend -------------------------------------------------------------------------------
 
 class CudaBackend final : public Backend {
-public:
+  public:
     CudaBackend(int device, const cudaDeviceProp& prop, int driver_version, CublasPtr cublas);
     ~CudaBackend() override;
 
@@ -160,8 +161,7 @@ public:
                              int64_t rows, int64_t cols, ActivationSpec act) override;
     void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) override;
     void loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
-              int64_t rows, int64_t cols, int64_t grad_rows, const View& acc,
-              int slot) override;
+              int64_t rows, int64_t cols, int64_t grad_rows, const View& acc, int slot) override;
     void dropout_forward(const View& x, const View& y, const View& mask, int64_t n, float rate,
                          uint64_t seed, uint64_t counter) override;
     void multiply(const View& a, const View& b, const View& out, int64_t n) override;
@@ -188,15 +188,14 @@ public:
                                      const View& beta, const View& y, const View& moving_mean,
                                      const View& moving_variance, const View& saved_mean,
                                      const View& saved_inv_std) override;
-    void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
-                                      const View& gamma, const View& beta,
-                                      const View& moving_mean, const View& moving_variance,
-                                      const View& y) override;
+    void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x, const View& gamma,
+                                      const View& beta, const View& moving_mean,
+                                      const View& moving_variance, const View& y) override;
     void batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
                              const View& gamma, const View& saved_mean, const View& saved_inv_std,
                              const View& dx, const View& dgamma, const View& dbeta) override;
 
-private:
+  private:
     // cuDNN's handle, plans and scratch, made at the first image op.
     cuda::CudnnOps& cudnn();
 
@@ -209,10 +208,10 @@ private:
     void release(Scratch* scratch) noexcept;
 
     struct PeekSlot {
-        EventPtr done;             // recorded after the slot's copy
-        bool pending = false;      // a copy was started and has not been seen to complete
-        bool completed = false;    // holds the bytes of a finished copy
-        uint64_t sequence = 0;     // when its copy was started, to find the newest
+        EventPtr done;           // recorded after the slot's copy
+        bool pending = false;    // a copy was started and has not been seen to complete
+        bool completed = false;  // holds the bytes of a finished copy
+        uint64_t sequence = 0;   // when its copy was started, to find the newest
         const void* src = nullptr;
         size_t bytes = 0;
     };
@@ -240,7 +239,7 @@ private:
     Scratch loss_scratch_;
     Scratch permutation_scratch_;
     std::unique_ptr<cuda::CudnnOps> cudnn_;  // freed in the destructor, before the pool
-    int64_t permutation_n_ = -1;  // the n permutation_scratch_ was sized for
+    int64_t permutation_n_ = -1;             // the n permutation_scratch_ was sized for
     size_t permutation_bytes_ = 0;
 };
 
@@ -290,9 +289,11 @@ CudaBackend::CudaBackend(int device, const cudaDeviceProp& prop, int driver_vers
     KILN_CUBLAS_CHECK(cublasSetPointerMode(cublas_.get(), CUBLAS_POINTER_MODE_HOST));
 
     // staging for uploads and peeks
-    for (auto& done : upload_done_) done = make_event();
+    for (auto& done : upload_done_)
+        done = make_event();
     peek_staging_ = make_pinned(kPeekSlots * kPeekBytes);
-    for (auto& slot : peek_slots_) slot.done = make_event();
+    for (auto& slot : peek_slots_)
+        slot.done = make_event();
 
     // the loss reduction's scratch, last: nothing after it can throw and leak it
     reserve(&loss_scratch_, kernels::loss_scratch_bytes());
@@ -309,14 +310,16 @@ CudaBackend::~CudaBackend() {
 }
 
 void CudaBackend::reserve(Scratch* scratch, size_t bytes) {
-    if (scratch->bytes >= bytes) return;
+    if (scratch->bytes >= bytes)
+        return;
     release(scratch);
     scratch->ptr = allocate(bytes);
     scratch->bytes = bytes;
 }
 
 void CudaBackend::release(Scratch* scratch) noexcept {
-    if (scratch->ptr != nullptr) deallocate(scratch->ptr, scratch->bytes);
+    if (scratch->ptr != nullptr)
+        deallocate(scratch->ptr, scratch->bytes);
     scratch->ptr = nullptr;
     scratch->bytes = 0;
 }
@@ -324,7 +327,8 @@ void CudaBackend::release(Scratch* scratch) noexcept {
 // ---- memory ------------------------------------------------------------------------------------
 
 void* CudaBackend::allocate(size_t bytes) {
-    if (bytes == 0) return nullptr;
+    if (bytes == 0)
+        return nullptr;
     void* ptr = nullptr;
     const cudaError_t status = cudaMallocFromPoolAsync(&ptr, bytes, pool_.get(), stream());
     if (status == cudaErrorMemoryAllocation) {
@@ -333,15 +337,16 @@ void* CudaBackend::allocate(size_t bytes) {
         cudaMemGetInfo(&free_bytes, &total_bytes);
         cudaGetLastError();
         throw Error("cuda backend: out of device memory allocating " + std::to_string(bytes) +
-                    " bytes (" + std::to_string(free_bytes) + " of " +
-                    std::to_string(total_bytes) + " bytes free on " + description_ + ")");
+                    " bytes (" + std::to_string(free_bytes) + " of " + std::to_string(total_bytes) +
+                    " bytes free on " + description_ + ")");
     }
     KILN_CUDA_CHECK(status);
     return ptr;
 }
 
 void CudaBackend::deallocate(void* ptr, size_t) noexcept {
-    if (ptr != nullptr) KILN_CUDA_WARN(cudaFreeAsync(ptr, stream()));
+    if (ptr != nullptr)
+        KILN_CUDA_WARN(cudaFreeAsync(ptr, stream()));
 }
 
 // Chunks go through the pinned slots in turn. Before a slot is refilled, its previous copy must
@@ -349,8 +354,10 @@ void CudaBackend::deallocate(void* ptr, size_t) noexcept {
 // one chunk, or uploads issued back to back, ever meet it. The last chunks are still in flight
 // when this returns, but they read from our staging, not from `src`.
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
-    if (bytes == 0) return;
-    if (!upload_staging_) upload_staging_ = make_pinned(kUploadSlots * kUploadChunkBytes);
+    if (bytes == 0)
+        return;
+    if (!upload_staging_)
+        upload_staging_ = make_pinned(kUploadSlots * kUploadChunkBytes);
     char* staging = static_cast<char*>(upload_staging_.get());
     for (size_t offset = 0; offset < bytes; offset += kUploadChunkBytes) {
         const size_t chunk = std::min(kUploadChunkBytes, bytes - offset);
@@ -369,19 +376,22 @@ void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
 
 void CudaBackend::read(void* dst, const void* src, size_t bytes) {
     ++reads_;
-    if (bytes == 0) return;
+    if (bytes == 0)
+        return;
     KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
     KILN_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 
 void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
-    if (bytes == 0) return;
+    if (bytes == 0)
+        return;
     KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
 }
 
 void CudaBackend::fill_zero(const View& x) {
     const size_t bytes = x.bytes();
-    if (bytes == 0 || x.data == nullptr) return;
+    if (bytes == 0 || x.data == nullptr)
+        return;
     KILN_CUDA_CHECK(cudaMemsetAsync(x.data, 0, bytes, stream()));
 }
 
@@ -421,8 +431,10 @@ bool CudaBackend::peek(void* dst, const void* src, size_t bytes) {
     int target = -1;
     for (int i = 0; i < kPeekSlots; ++i) {
         const PeekSlot& slot = peek_slots_[i];
-        if (slot.pending || i == newest) continue;
-        if (target < 0 || slot.sequence < peek_slots_[target].sequence) target = i;
+        if (slot.pending || i == newest)
+            continue;
+        if (target < 0 || slot.sequence < peek_slots_[target].sequence)
+            target = i;
     }
     if (target >= 0 && bytes > 0) {
         PeekSlot& slot = peek_slots_[target];
@@ -436,14 +448,18 @@ bool CudaBackend::peek(void* dst, const void* src, size_t bytes) {
         slot.bytes = bytes;
     }
 
-    if (newest < 0) return bytes == 0;
+    if (newest < 0)
+        return bytes == 0;
     std::memcpy(dst, staging + static_cast<size_t>(newest) * kPeekBytes, bytes);
     return true;
 }
 
-void CudaBackend::synchronize() { KILN_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+void CudaBackend::synchronize() {
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
 
-// ---- checkpoint staging --------------------------------------------------------------------------
+// ---- checkpoint staging
+// --------------------------------------------------------------------------
 
 cudaStream_t CudaBackend::copy_stream() {
     if (!copy_stream_) {
@@ -464,7 +480,7 @@ cudaStream_t CudaBackend::copy_stream() {
 // TODO(checkpoint): the shadow doubles the device memory of what is staged (parameters and
 // optimizer state); a model near the device's capacity would want chunked transfers instead.
 class CudaStagingBuffer final : public StagingBuffer {
-public:
+  public:
     CudaStagingBuffer(CudaBackend& backend, size_t bytes)
         : StagingBuffer(bytes), backend_(backend) {
         host_ = make_pinned(std::max<size_t>(bytes, 1));
@@ -480,7 +496,8 @@ public:
 
     ~CudaStagingBuffer() override {
         // The transfer out of the shadow must be over before the shadow and the host memory go.
-        if (staged_) KILN_CUDA_WARN(cudaEventSynchronize(host_ready_.get()));
+        if (staged_)
+            KILN_CUDA_WARN(cudaEventSynchronize(host_ready_.get()));
         backend_.deallocate(shadow_, bytes());
     }
 
@@ -499,9 +516,11 @@ public:
         char* host = static_cast<char*>(host_.get());
 
         // the previous transfer out of the shadow, then the device-to-device copies
-        if (staged_) KILN_CUDA_CHECK(cudaStreamWaitEvent(compute, host_ready_.get(), 0));
+        if (staged_)
+            KILN_CUDA_CHECK(cudaStreamWaitEvent(compute, host_ready_.get(), 0));
         for (const StagingRegion& r : regions) {
-            if (r.bytes == 0) continue;
+            if (r.bytes == 0)
+                continue;
             KILN_CUDA_CHECK(cudaMemcpyAsync(shadow + r.offset, r.src, r.bytes,
                                             cudaMemcpyDeviceToDevice, compute));
         }
@@ -510,7 +529,8 @@ public:
         // the device-to-host transfers on the copy stream, after the shadow copies
         KILN_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, shadow_ready_.get(), 0));
         for (const StagingRegion& r : regions) {
-            if (r.bytes == 0) continue;
+            if (r.bytes == 0)
+                continue;
             KILN_CUDA_CHECK(cudaMemcpyAsync(host + r.offset, shadow + r.offset, r.bytes,
                                             cudaMemcpyDeviceToHost, copy_stream_));
         }
@@ -520,12 +540,13 @@ public:
 
     // Runs on the checkpoint writer's thread, whose current device may not be set yet.
     void wait() override {
-        if (!staged_) return;
+        if (!staged_)
+            return;
         KILN_CUDA_CHECK(cudaSetDevice(backend_.device()));
         KILN_CUDA_CHECK(cudaEventSynchronize(host_ready_.get()));
     }
 
-private:
+  private:
     CudaBackend& backend_;
     cudaStream_t copy_stream_ = nullptr;  // owned by the backend
     PinnedMemoryPtr host_;
@@ -554,7 +575,8 @@ void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
         throw Error("cuda backend: gemm: negative size m=" + std::to_string(m) +
                     ", n=" + std::to_string(n) + ", k=" + std::to_string(k));
     }
-    if (m == 0 || n == 0) return;
+    if (m == 0 || n == 0)
+        return;
     const int64_t lda = std::max<int64_t>(1, trans_a ? m : k);
     const int64_t ldb = std::max<int64_t>(1, trans_b ? k : n);
     const int64_t ldc = n;
@@ -571,13 +593,12 @@ void CudaBackend::bias_activation_forward(const View& z, const View& bias, const
     require_f32("bias_activation_forward", "z", z);
     require_f32_or_null("bias_activation_forward", "bias", bias);
     require_f32("bias_activation_forward", "y", y);
-    kernels::bias_activation_forward(stream(), z.as<float>(), bias.as<const float>(),
-                                     y.as<float>(), rows, cols, act);
+    kernels::bias_activation_forward(stream(), z.as<float>(), bias.as<const float>(), y.as<float>(),
+                                     rows, cols, act);
 }
 
-void CudaBackend::activation_backward(const View& z, const View& y, const View& dy,
-                                      const View& dz, int64_t rows, int64_t cols,
-                                      ActivationSpec act) {
+void CudaBackend::activation_backward(const View& z, const View& y, const View& dy, const View& dz,
+                                      int64_t rows, int64_t cols, ActivationSpec act) {
     require_f32_or_null("activation_backward", "z", z);
     require_f32("activation_backward", "y", y);
     require_f32("activation_backward", "dy", dy);
@@ -592,9 +613,8 @@ void CudaBackend::bias_grad(const View& dz, const View& db, int64_t rows, int64_
     kernels::bias_grad(stream(), dz.as<const float>(), db.as<float>(), rows, cols);
 }
 
-void CudaBackend::loss(const LossSpec& spec, const View& pred, const View& y_true,
-                       const View& grad, int64_t rows, int64_t cols, int64_t grad_rows,
-                       const View& acc, int slot) {
+void CudaBackend::loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
+                       int64_t rows, int64_t cols, int64_t grad_rows, const View& acc, int slot) {
     require_f32("loss", "pred", pred);
     require_f32("loss", "y_true", y_true);
     require_f32_or_null("loss", "grad", grad);
@@ -627,8 +647,8 @@ void CudaBackend::multiply(const View& a, const View& b, const View& out, int64_
 
 // ---- optimizer ---------------------------------------------------------------------------------
 
-void CudaBackend::optimizer_update(const OptimizerStep& step, const View& params,
-                                   const View& grads, const View& state, int64_t n) {
+void CudaBackend::optimizer_update(const OptimizerStep& step, const View& params, const View& grads,
+                                   const View& state, int64_t n) {
     require_f32("optimizer_update", "params", params);
     require_f32("optimizer_update", "grads", grads);
     require_f32_or_null("optimizer_update", "state", state);
@@ -643,14 +663,15 @@ void CudaBackend::optimizer_update(const OptimizerStep& step, const View& params
 // in a CUDA graph.
 void CudaBackend::permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream_id) {
     require_dtype("permutation", "perm", perm, DType::kInt32);
-    if (n <= 0) return;
+    if (n <= 0)
+        return;
     if (n != permutation_n_) {
         permutation_bytes_ = kernels::permutation_scratch_bytes(n);
         permutation_n_ = n;
     }
     reserve(&permutation_scratch_, permutation_bytes_);
-    kernels::permutation(stream(), perm.as<int32_t>(), n, seed, stream_id,
-                         permutation_scratch_.ptr, permutation_scratch_.bytes);
+    kernels::permutation(stream(), perm.as<int32_t>(), n, seed, stream_id, permutation_scratch_.ptr,
+                         permutation_scratch_.bytes);
 }
 
 void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
@@ -661,8 +682,7 @@ void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset
                     dtype_name(src.dtype) + " but dst has " + dtype_name(dst.dtype));
     }
     // The source's row count bounds the indices when its view has a shape.
-    const int64_t src_rows =
-        (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
+    const int64_t src_rows = (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
     kernels::gather_rows(stream(), src.data, src_rows, index.as<const int32_t>(), offset, count,
                          cols, dtype_size(src.dtype), dst.data);
 }
@@ -670,7 +690,8 @@ void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset
 // ---- convolution, pooling, normalisation -------------------------------------------------------
 
 cuda::CudnnOps& CudaBackend::cudnn() {
-    if (!cudnn_) cudnn_ = std::make_unique<cuda::CudnnOps>(stream(), *this);
+    if (!cudnn_)
+        cudnn_ = std::make_unique<cuda::CudnnOps>(stream(), *this);
     return *cudnn_;
 }
 
@@ -684,24 +705,23 @@ void CudaBackend::conv2d_forward(const Conv2DGeometry& g, const View& x, const V
     require_f32_or_null("conv2d_forward", "bias", bias);
     require_f32("conv2d_forward", "y", y);
     if (act.kind == Activation::kSoftmax) {
-        throw Error("cuda backend: conv2d_forward takes element-wise activations only (a "
-                    "softmax goes through bias_activation_forward)");
+        throw Error(
+            "cuda backend: conv2d_forward takes element-wise activations only (a "
+            "softmax goes through bias_activation_forward)");
     }
     cudnn().conv2d_forward(g, x.as<const float>(), kernel.as<const float>(), y.as<float>());
     if (bias.data != nullptr || act.kind != Activation::kLinear) {
         kernels::bias_activation_forward(stream(), y.as<float>(), bias.as<const float>(),
-                                         y.as<float>(), g.batch * g.out_h * g.out_w, g.out_c,
-                                         act);
+                                         y.as<float>(), g.batch * g.out_h * g.out_w, g.out_c, act);
     }
 }
 
-void CudaBackend::conv2d_backward_data(const Conv2DGeometry& g, const View& dy,
-                                       const View& kernel, const View& dx) {
+void CudaBackend::conv2d_backward_data(const Conv2DGeometry& g, const View& dy, const View& kernel,
+                                       const View& dx) {
     require_f32("conv2d_backward_data", "dy", dy);
     require_f32("conv2d_backward_data", "kernel", kernel);
     require_f32("conv2d_backward_data", "dx", dx);
-    cudnn().conv2d_backward_data(g, dy.as<const float>(), kernel.as<const float>(),
-                                 dx.as<float>());
+    cudnn().conv2d_backward_data(g, dy.as<const float>(), kernel.as<const float>(), dx.as<float>());
 }
 
 void CudaBackend::conv2d_backward_filter(const Conv2DGeometry& g, const View& x, const View& dy,
@@ -731,12 +751,14 @@ void CudaBackend::pool2d_backward(const Pool2DGeometry& g, const View& x, const 
 
 void CudaBackend::batch_norm_forward_training(const BatchNormGeometry& g, const View& x,
                                               const View& gamma, const View& beta, const View& y,
-                                              const View& moving_mean,
-                                              const View& moving_variance,
+                                              const View& moving_mean, const View& moving_variance,
                                               const View& saved_mean, const View& saved_inv_std) {
     const char* op = "batch_norm_forward_training";
-    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x}, {"gamma", &gamma},
-                                  {"beta", &beta}, {"y", &y}, {"moving_mean", &moving_mean},
+    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x},
+                                  {"gamma", &gamma},
+                                  {"beta", &beta},
+                                  {"y", &y},
+                                  {"moving_mean", &moving_mean},
                                   {"moving_variance", &moving_variance},
                                   {"saved_mean", &saved_mean},
                                   {"saved_inv_std", &saved_inv_std}}) {
@@ -750,12 +772,15 @@ void CudaBackend::batch_norm_forward_training(const BatchNormGeometry& g, const 
 
 void CudaBackend::batch_norm_forward_inference(const BatchNormGeometry& g, const View& x,
                                                const View& gamma, const View& beta,
-                                               const View& moving_mean,
-                                               const View& moving_variance, const View& y) {
+                                               const View& moving_mean, const View& moving_variance,
+                                               const View& y) {
     const char* op = "batch_norm_forward_inference";
-    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x}, {"gamma", &gamma},
-                                  {"beta", &beta}, {"moving_mean", &moving_mean},
-                                  {"moving_variance", &moving_variance}, {"y", &y}}) {
+    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x},
+                                  {"gamma", &gamma},
+                                  {"beta", &beta},
+                                  {"moving_mean", &moving_mean},
+                                  {"moving_variance", &moving_variance},
+                                  {"y", &y}}) {
         require_f32(op, name, *v);
     }
     cudnn().batch_norm_forward_inference(g, x.as<const float>(), gamma.as<const float>(),
@@ -765,13 +790,17 @@ void CudaBackend::batch_norm_forward_inference(const BatchNormGeometry& g, const
 
 void CudaBackend::batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
                                       const View& gamma, const View& saved_mean,
-                                      const View& saved_inv_std, const View& dx,
-                                      const View& dgamma, const View& dbeta) {
+                                      const View& saved_inv_std, const View& dx, const View& dgamma,
+                                      const View& dbeta) {
     const char* op = "batch_norm_backward";
-    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x}, {"dy", &dy},
-                                  {"gamma", &gamma}, {"saved_mean", &saved_mean},
-                                  {"saved_inv_std", &saved_inv_std}, {"dx", &dx},
-                                  {"dgamma", &dgamma}, {"dbeta", &dbeta}}) {
+    for (const auto& [name, v] : {std::pair<const char*, const View*>{"x", &x},
+                                  {"dy", &dy},
+                                  {"gamma", &gamma},
+                                  {"saved_mean", &saved_mean},
+                                  {"saved_inv_std", &saved_inv_std},
+                                  {"dx", &dx},
+                                  {"dgamma", &dgamma},
+                                  {"dbeta", &dbeta}}) {
         require_f32(op, name, *v);
     }
     cudnn().batch_norm_backward(g, x.as<const float>(), dy.as<const float>(),
@@ -788,7 +817,8 @@ void CudaBackend::batch_norm_backward(const BatchNormGeometry& g, const View& x,
 // exception: this path runs on every machine without a GPU, CI included, and must stay quiet.
 std::unique_ptr<Backend> make_cuda_backend(std::string* why) {
     auto no_gpu = [why](const std::string& reason) -> std::unique_ptr<Backend> {
-        if (why != nullptr) *why = "no usable CUDA GPU: " + reason;
+        if (why != nullptr)
+            *why = "no usable CUDA GPU: " + reason;
         return nullptr;
     };
 
@@ -799,7 +829,8 @@ std::unique_ptr<Backend> make_cuda_backend(std::string* why) {
         cudaGetLastError();
         return no_gpu(cudaGetErrorString(status));
     }
-    if (count == 0) return no_gpu("the CUDA driver reports no devices");
+    if (count == 0)
+        return no_gpu("the CUDA driver reports no devices");
 
     // device 0 (CUDA_VISIBLE_DEVICES picks which GPU that is), and code this build can run on it
     const int device = 0;
@@ -812,8 +843,7 @@ std::unique_ptr<Backend> make_cuda_backend(std::string* why) {
     status = cudaGetDeviceProperties(&prop, device);
     if (status != cudaSuccess) {
         cudaGetLastError();
-        return no_gpu(std::string("cudaGetDeviceProperties failed: ") +
-                      cudaGetErrorString(status));
+        return no_gpu(std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorString(status));
     }
     status = kernels::kernel_image_status();
     if (status != cudaSuccess) {
@@ -833,8 +863,7 @@ std::unique_ptr<Backend> make_cuda_backend(std::string* why) {
     cublasHandle_t handle = nullptr;
     const cublasStatus_t cublas_status = cublasCreate(&handle);
     if (cublas_status != CUBLAS_STATUS_SUCCESS) {
-        return no_gpu(std::string("cublasCreate failed: ") +
-                      cublasGetStatusString(cublas_status));
+        return no_gpu(std::string("cublasCreate failed: ") + cublasGetStatusString(cublas_status));
     }
     CublasPtr cublas(handle);
 

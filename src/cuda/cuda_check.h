@@ -31,8 +31,8 @@ inline std::string describe(cublasStatus_t status) {
 }
 
 template <typename StatusT>
-std::string failure_message(const char* library, StatusT status, const char* expr,
-                            const char* file, int line) {
+std::string failure_message(const char* library, StatusT status, const char* expr, const char* file,
+                            int line) {
     return std::string(library) + " call `" + expr + "` failed at " + file + ":" +
            std::to_string(line) + ": " + describe(status);
 }
@@ -59,35 +59,35 @@ inline void warn_cuda(cudaError_t status, const char* expr, const char* file, in
 }  // namespace cuda_detail
 }  // namespace kiln
 
-#define KILN_CUDA_CHECK(expr)                                                  \
-    do {                                                                       \
-        const cudaError_t kiln_status_ = (expr);                               \
-        if (kiln_status_ != cudaSuccess) {                                     \
+#define KILN_CUDA_CHECK(expr)                                                         \
+    do {                                                                              \
+        const cudaError_t kiln_status_ = (expr);                                      \
+        if (kiln_status_ != cudaSuccess) {                                            \
             ::kiln::cuda_detail::throw_cuda(kiln_status_, #expr, __FILE__, __LINE__); \
-        }                                                                      \
+        }                                                                             \
     } while (0)
 
-#define KILN_CUBLAS_CHECK(expr)                                                \
-    do {                                                                       \
-        const cublasStatus_t kiln_status_ = (expr);                            \
-        if (kiln_status_ != CUBLAS_STATUS_SUCCESS) {                           \
+#define KILN_CUBLAS_CHECK(expr)                                                         \
+    do {                                                                                \
+        const cublasStatus_t kiln_status_ = (expr);                                     \
+        if (kiln_status_ != CUBLAS_STATUS_SUCCESS) {                                    \
             ::kiln::cuda_detail::throw_cublas(kiln_status_, #expr, __FILE__, __LINE__); \
-        }                                                                      \
+        }                                                                               \
     } while (0)
 
-#define KILN_CUDA_WARN(expr)                                                   \
-    do {                                                                       \
-        const cudaError_t kiln_status_ = (expr);                               \
-        if (kiln_status_ != cudaSuccess) {                                     \
+#define KILN_CUDA_WARN(expr)                                                         \
+    do {                                                                             \
+        const cudaError_t kiln_status_ = (expr);                                     \
+        if (kiln_status_ != cudaSuccess) {                                           \
             ::kiln::cuda_detail::warn_cuda(kiln_status_, #expr, __FILE__, __LINE__); \
-        }                                                                      \
+        }                                                                            \
     } while (0)
 
 #if defined(KILN_CUDA_SYNC_CHECK)
-#define KILN_CUDA_CHECK_LAUNCH()                    \
-    do {                                            \
-        KILN_CUDA_CHECK(cudaGetLastError());        \
-        KILN_CUDA_CHECK(cudaDeviceSynchronize());   \
+#define KILN_CUDA_CHECK_LAUNCH()                  \
+    do {                                          \
+        KILN_CUDA_CHECK(cudaGetLastError());      \
+        KILN_CUDA_CHECK(cudaDeviceSynchronize()); \
     } while (0)
 #else
 #define KILN_CUDA_CHECK_LAUNCH() KILN_CUDA_CHECK(cudaGetLastError())

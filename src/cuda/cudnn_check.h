@@ -22,7 +22,8 @@ inline std::string cudnn_failure(cudnnStatus_t status, const char* expr, const c
                           std::to_string(line) + ": " + cudnnGetErrorString(status);
     char detail[512] = {0};
     cudnnGetLastErrorString(detail, sizeof(detail));
-    if (detail[0] != '\0') message += std::string(" (") + detail + ")";
+    if (detail[0] != '\0')
+        message += std::string(" (") + detail + ")";
     return message;
 }
 

@@ -80,52 +80,53 @@ struct HandleDeleter {
 using HandlePtr = std::unique_ptr<std::remove_pointer_t<cudnnHandle_t>, HandleDeleter>;
 
 class TensorDesc {
-public:
+  public:
     TensorDesc() { KILN_CUDNN_CHECK(cudnnCreateTensorDescriptor(&desc_)); }
     ~TensorDesc() { KILN_CUDNN_WARN(cudnnDestroyTensorDescriptor(desc_)); }
     TensorDesc(const TensorDesc&) = delete;
     TensorDesc& operator=(const TensorDesc&) = delete;
     cudnnTensorDescriptor_t get() const { return desc_; }
 
-private:
+  private:
     cudnnTensorDescriptor_t desc_ = nullptr;
 };
 
 class FilterDesc {
-public:
+  public:
     FilterDesc() { KILN_CUDNN_CHECK(cudnnCreateFilterDescriptor(&desc_)); }
     ~FilterDesc() { KILN_CUDNN_WARN(cudnnDestroyFilterDescriptor(desc_)); }
     FilterDesc(const FilterDesc&) = delete;
     FilterDesc& operator=(const FilterDesc&) = delete;
     cudnnFilterDescriptor_t get() const { return desc_; }
 
-private:
+  private:
     cudnnFilterDescriptor_t desc_ = nullptr;
 };
 
 class ConvDesc {
-public:
+  public:
     ConvDesc() { KILN_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&desc_)); }
     ~ConvDesc() { KILN_CUDNN_WARN(cudnnDestroyConvolutionDescriptor(desc_)); }
     ConvDesc(const ConvDesc&) = delete;
     ConvDesc& operator=(const ConvDesc&) = delete;
     cudnnConvolutionDescriptor_t get() const { return desc_; }
 
-private:
+  private:
     cudnnConvolutionDescriptor_t desc_ = nullptr;
 };
 
 // A block of device memory from the backend's pool, grown on demand (before a step is ever
 // captured: only first calls grow it).
 class DeviceScratch {
-public:
+  public:
     explicit DeviceScratch(Backend& memory) : memory_(memory) {}
     ~DeviceScratch() { release(); }
     DeviceScratch(const DeviceScratch&) = delete;
     DeviceScratch& operator=(const DeviceScratch&) = delete;
 
     void reserve(size_t bytes) {
-        if (bytes <= bytes_) return;
+        if (bytes <= bytes_)
+            return;
         release();
         ptr_ = memory_.allocate(bytes);
         bytes_ = bytes;
@@ -134,9 +135,10 @@ public:
     float* floats() const { return static_cast<float*>(ptr_); }
     size_t bytes() const { return bytes_; }
 
-private:
+  private:
     void release() noexcept {
-        if (ptr_ != nullptr) memory_.deallocate(ptr_, bytes_);
+        if (ptr_ != nullptr)
+            memory_.deallocate(ptr_, bytes_);
         ptr_ = nullptr;
         bytes_ = 0;
     }
@@ -170,9 +172,9 @@ std::string describe(const Conv2DGeometry& g) {
 using ConvKey = std::array<int64_t, 17>;
 
 ConvKey key_of(const Conv2DGeometry& g) {
-    return {g.batch,      g.in_h,       g.in_w,     g.in_c,      g.out_h,    g.out_w,
-            g.out_c,      g.kernel_h,   g.kernel_w, g.stride_h,  g.stride_w, g.dilation_h,
-            g.dilation_w, g.pad_top,    g.pad_bottom, g.pad_left, g.pad_right};
+    return {g.batch,      g.in_h,     g.in_w,       g.in_c,     g.out_h,    g.out_w,
+            g.out_c,      g.kernel_h, g.kernel_w,   g.stride_h, g.stride_w, g.dilation_h,
+            g.dilation_w, g.pad_top,  g.pad_bottom, g.pad_left, g.pad_right};
 }
 
 // One algorithm choice for one direction of one convolution shape.
@@ -233,8 +235,7 @@ const float kZero = 0.0f;
 // ---- the implementation -------------------------------------------------------------------------
 
 struct CudnnOps::Impl {
-    Impl(cudaStream_t s, Backend& m)
-        : stream(s), memory(m), workspace(m), filter(m), padded(m) {}
+    Impl(cudaStream_t s, Backend& m) : stream(s), memory(m), workspace(m), filter(m), padded(m) {}
 
     cudnnHandle_t handle_for_use();
     ConvPlan& conv_plan(const Conv2DGeometry& g);
@@ -269,7 +270,8 @@ cudnnHandle_t CudnnOps::Impl::handle_for_use() {
 ConvPlan& CudnnOps::Impl::conv_plan(const Conv2DGeometry& g) {
     const ConvKey key = key_of(g);
     auto found = conv_plans.find(key);
-    if (found != conv_plans.end()) return *found->second;
+    if (found != conv_plans.end())
+        return *found->second;
 
     auto plan = std::make_unique<ConvPlan>();
     plan->g = g;
@@ -303,9 +305,9 @@ ConvPlan& CudnnOps::Impl::conv_plan(const Conv2DGeometry& g) {
     if (n != g.batch || c != g.out_c || h != g.out_h || w != g.out_w) {
         throw Error("cudnn: the output of " + describe(g) + " is (" + std::to_string(n) + ", " +
                     std::to_string(h) + ", " + std::to_string(w) + ", " + std::to_string(c) +
-                    ") in cuDNN, but (" + std::to_string(g.batch) + ", " +
-                    std::to_string(g.out_h) + ", " + std::to_string(g.out_w) + ", " +
-                    std::to_string(g.out_c) + ") by Keras's rule");
+                    ") in cuDNN, but (" + std::to_string(g.batch) + ", " + std::to_string(g.out_h) +
+                    ", " + std::to_string(g.out_w) + ", " + std::to_string(g.out_c) +
+                    ") by Keras's rule");
     }
 
     // Scratch for this shape: the workspace once, the filter and the padded copy as large as
@@ -327,7 +329,8 @@ const float* CudnnOps::Impl::filter_for_cudnn(const Conv2DGeometry& g, const flo
 }
 
 const float* CudnnOps::Impl::input_for_cudnn(const ConvPlan& p, const float* x) {
-    if (!p.explicit_padding) return x;
+    if (!p.explicit_padding)
+        return x;
     const Conv2DGeometry& g = p.g;
     kernels::pad_nhwc(stream, x, g.batch, g.in_h, g.in_w, g.in_c, g.pad_top, g.pad_bottom,
                       g.pad_left, g.pad_right, padded.floats());
@@ -337,10 +340,11 @@ const float* CudnnOps::Impl::input_for_cudnn(const ConvPlan& p, const float* x) 
 BatchNormPlan& CudnnOps::Impl::batch_norm_plan(const BatchNormGeometry& g) {
     const std::pair<int64_t, int64_t> key{g.rows, g.channels};
     auto found = batch_norm_plans.find(key);
-    if (found != batch_norm_plans.end()) return *found->second;
+    if (found != batch_norm_plans.end())
+        return *found->second;
     auto plan = std::make_unique<BatchNormPlan>();
-    KILN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan->x.get(), CUDNN_TENSOR_NHWC,
-                                                CUDNN_DATA_FLOAT, to_int(g.rows, "rows"),
+    KILN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan->x.get(), CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT,
+                                                to_int(g.rows, "rows"),
                                                 to_int(g.channels, "channels"), 1, 1));
     KILN_CUDNN_CHECK(
         cudnnDeriveBNTensorDescriptor(plan->bn.get(), plan->x.get(), CUDNN_BATCHNORM_SPATIAL));
@@ -358,7 +362,8 @@ CudnnOps::~CudnnOps() = default;
 
 void CudnnOps::conv2d_forward(const Conv2DGeometry& g, const float* x, const float* kernel,
                               float* y) {
-    if (g.batch == 0) return;
+    if (g.batch == 0)
+        return;
     Impl& m = *impl_;
     const cudnnHandle_t handle = m.handle_for_use();
     ConvPlan& p = m.conv_plan(g);
@@ -380,9 +385,10 @@ void CudnnOps::conv2d_forward(const Conv2DGeometry& g, const float* x, const flo
                                              p.forward.workspace_bytes, &kZero, p.y.get(), y));
 }
 
-void CudnnOps::conv2d_backward_data(const Conv2DGeometry& g, const float* dy,
-                                    const float* kernel, float* dx) {
-    if (g.batch == 0) return;
+void CudnnOps::conv2d_backward_data(const Conv2DGeometry& g, const float* dy, const float* kernel,
+                                    float* dx) {
+    if (g.batch == 0)
+        return;
     Impl& m = *impl_;
     const cudnnHandle_t handle = m.handle_for_use();
     ConvPlan& p = m.conv_plan(g);
@@ -394,8 +400,8 @@ void CudnnOps::conv2d_backward_data(const Conv2DGeometry& g, const float* dy,
         std::vector<cudnnConvolutionBwdDataAlgoPerf_t> results(static_cast<size_t>(max_count));
         int returned = 0;
         KILN_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-            handle, p.w.get(), w, p.y.get(), dy, p.conv.get(), p.x.get(), out, max_count,
-            &returned, results.data(), m.workspace.get(), m.workspace.bytes()));
+            handle, p.w.get(), w, p.y.get(), dy, p.conv.get(), p.x.get(), out, max_count, &returned,
+            results.data(), m.workspace.get(), m.workspace.bytes()));
         const cudnnConvolutionBwdDataAlgoPerf_t& best =
             choose(results, returned, "backward-data", g);
         p.backward_data = {true, best.algo, best.memory};
@@ -404,8 +410,8 @@ void CudnnOps::conv2d_backward_data(const Conv2DGeometry& g, const float* dy,
         handle, &kOne, p.w.get(), w, p.y.get(), dy, p.conv.get(), p.backward_data.algo,
         m.workspace.get(), p.backward_data.workspace_bytes, &kZero, p.x.get(), out));
     if (p.explicit_padding) {
-        kernels::crop_nhwc(m.stream, out, g.batch, g.in_h, g.in_w, g.in_c, g.pad_top,
-                           g.pad_bottom, g.pad_left, g.pad_right, dx);
+        kernels::crop_nhwc(m.stream, out, g.batch, g.in_h, g.in_w, g.in_c, g.pad_top, g.pad_bottom,
+                           g.pad_left, g.pad_right, dx);
     }
 }
 
@@ -413,9 +419,8 @@ void CudnnOps::conv2d_backward_filter(const Conv2DGeometry& g, const float* x, c
                                       float* dkernel) {
     Impl& m = *impl_;
     if (g.batch == 0) {
-        KILN_CUDA_CHECK(cudaMemsetAsync(dkernel, 0,
-                                        static_cast<size_t>(g.kernel_elements()) * sizeof(float),
-                                        m.stream));
+        KILN_CUDA_CHECK(cudaMemsetAsync(
+            dkernel, 0, static_cast<size_t>(g.kernel_elements()) * sizeof(float), m.stream));
         return;
     }
     const cudnnHandle_t handle = m.handle_for_use();
@@ -445,7 +450,8 @@ void CudnnOps::batch_norm_forward_training(const BatchNormGeometry& g, const flo
                                            const float* gamma, const float* beta, float* y,
                                            float* moving_mean, float* moving_variance,
                                            float* saved_mean, float* saved_inv_std) {
-    if (g.rows == 0) return;
+    if (g.rows == 0)
+        return;
     Impl& m = *impl_;
     const cudnnHandle_t handle = m.handle_for_use();
     BatchNormPlan& p = m.batch_norm_plan(g);
@@ -460,9 +466,10 @@ void CudnnOps::batch_norm_forward_training(const BatchNormGeometry& g, const flo
 
 void CudnnOps::batch_norm_forward_inference(const BatchNormGeometry& g, const float* x,
                                             const float* gamma, const float* beta,
-                                            const float* moving_mean,
-                                            const float* moving_variance, float* y) {
-    if (g.rows == 0) return;
+                                            const float* moving_mean, const float* moving_variance,
+                                            float* y) {
+    if (g.rows == 0)
+        return;
     Impl& m = *impl_;
     const cudnnHandle_t handle = m.handle_for_use();
     BatchNormPlan& p = m.batch_norm_plan(g);
@@ -475,14 +482,15 @@ void CudnnOps::batch_norm_backward(const BatchNormGeometry& g, const float* x, c
                                    const float* gamma, const float* saved_mean,
                                    const float* saved_inv_std, float* dx, float* dgamma,
                                    float* dbeta) {
-    if (g.rows == 0) return;
+    if (g.rows == 0)
+        return;
     Impl& m = *impl_;
     const cudnnHandle_t handle = m.handle_for_use();
     BatchNormPlan& p = m.batch_norm_plan(g);
     KILN_CUDNN_CHECK(cudnnBatchNormalizationBackward(
-        handle, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, &kOne, &kZero, p.x.get(), x, p.x.get(),
-        dy, p.x.get(), dx, p.bn.get(), gamma, dgamma, dbeta, static_cast<double>(g.epsilon),
-        saved_mean, saved_inv_std));
+        handle, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, &kOne, &kZero, p.x.get(), x, p.x.get(), dy,
+        p.x.get(), dx, p.bn.get(), gamma, dgamma, dbeta, static_cast<double>(g.epsilon), saved_mean,
+        saved_inv_std));
 }
 
 }  // namespace cuda

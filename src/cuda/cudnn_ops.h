@@ -20,7 +20,7 @@ class Backend;
 namespace cuda {
 
 class CudnnOps {
-public:
+  public:
     // `memory` provides the scratch (from the backend's stream-ordered pool) and must outlive
     // this object; the cuDNN handle is created at the first call.
     CudnnOps(cudaStream_t stream, Backend& memory);
@@ -34,20 +34,19 @@ public:
     void conv2d_backward_filter(const Conv2DGeometry& g, const float* x, const float* dy,
                                 float* dkernel);
 
-    void batch_norm_forward_training(const BatchNormGeometry& g, const float* x,
-                                     const float* gamma, const float* beta, float* y,
-                                     float* moving_mean, float* moving_variance,
-                                     float* saved_mean, float* saved_inv_std);
+    void batch_norm_forward_training(const BatchNormGeometry& g, const float* x, const float* gamma,
+                                     const float* beta, float* y, float* moving_mean,
+                                     float* moving_variance, float* saved_mean,
+                                     float* saved_inv_std);
     void batch_norm_forward_inference(const BatchNormGeometry& g, const float* x,
                                       const float* gamma, const float* beta,
                                       const float* moving_mean, const float* moving_variance,
                                       float* y);
     void batch_norm_backward(const BatchNormGeometry& g, const float* x, const float* dy,
                              const float* gamma, const float* saved_mean,
-                             const float* saved_inv_std, float* dx, float* dgamma,
-                             float* dbeta);
+                             const float* saved_inv_std, float* dx, float* dgamma, float* dbeta);
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -22,7 +22,9 @@ namespace data {
 namespace {
 
 // Spaces and tabs around a field are not part of it, unless one of them is the delimiter.
-bool is_blank(char c, char delimiter) { return (c == ' ' || c == '\t') && c != delimiter; }
+bool is_blank(char c, char delimiter) {
+    return (c == ' ' || c == '\t') && c != delimiter;
+}
 
 // Splits one line into fields. A field may be quoted ("a,b" or "say ""hi"""), as spreadsheets
 // write header names; quoted fields spanning lines are not supported and read as unterminated.
@@ -32,7 +34,8 @@ bool split_row(std::string_view line, char delimiter, std::vector<std::string>* 
     size_t i = 0;
     const size_t n = line.size();
     for (;;) {
-        while (i < n && is_blank(line[i], delimiter)) ++i;
+        while (i < n && is_blank(line[i], delimiter))
+            ++i;
         std::string field;
         if (i < n && line[i] == '"') {
             // Quoted: up to the closing quote, with "" standing for one quote.
@@ -53,23 +56,27 @@ bool split_row(std::string_view line, char delimiter, std::vector<std::string>* 
                 }
                 field += line[i++];
             }
-            while (i < n && is_blank(line[i], delimiter)) ++i;
+            while (i < n && is_blank(line[i], delimiter))
+                ++i;
             if (i < n && line[i] != delimiter) {
-                *why = "text after the closing quote of field " +
-                       std::to_string(fields->size() + 1);
+                *why =
+                    "text after the closing quote of field " + std::to_string(fields->size() + 1);
                 return false;
             }
         } else {
             size_t end = line.find(delimiter, i);
-            if (end == std::string_view::npos) end = n;
+            if (end == std::string_view::npos)
+                end = n;
             size_t last = end;
-            while (last > i && is_blank(line[last - 1], delimiter)) --last;
+            while (last > i && is_blank(line[last - 1], delimiter))
+                --last;
             field.assign(line.substr(i, last - i));
             i = end;
         }
         fields->push_back(std::move(field));
         // Here i is at a delimiter or at the end; a trailing delimiter yields an empty field.
-        if (i >= n) return true;
+        if (i >= n)
+            return true;
         ++i;
     }
 }
@@ -79,24 +86,29 @@ bool split_row(std::string_view line, char delimiter, std::vector<std::string>* 
 bool parse_number(const std::string& field, float* value) {
     const char* first = field.data();
     const char* last = field.data() + field.size();
-    if (first != last && *first == '+') ++first;  // from_chars does not take a leading '+'
-    if (first == last) return false;
+    if (first != last && *first == '+')
+        ++first;  // from_chars does not take a leading '+'
+    if (first == last)
+        return false;
     const auto [end, ec] = std::from_chars(first, last, *value);
     return ec == std::errc() && end == last && std::isfinite(*value);
 }
 
 // A column index as text; nine digits at most, so that stoul cannot overflow.
 bool is_index(const std::string& s) {
-    if (s.empty() || s.size() > 9) return false;
+    if (s.empty() || s.size() > 9)
+        return false;
     for (char c : s) {
-        if (c < '0' || c > '9') return false;
+        if (c < '0' || c > '9')
+            return false;
     }
     return true;
 }
 
 std::string join(const std::vector<std::string>& names) {
     std::string text;
-    for (size_t i = 0; i < names.size(); ++i) text += (i ? ", " : "") + names[i];
+    for (size_t i = 0; i < names.size(); ++i)
+        text += (i ? ", " : "") + names[i];
     return text;
 }
 
@@ -105,7 +117,8 @@ std::string join(const std::vector<std::string>& names) {
 Status resolve_label(const std::string& path, const std::string& want,
                      const std::vector<std::string>& header, size_t n_cols, size_t* label_col) {
     if (n_cols < 2) {
-        return Status::invalid_argument(path + ": only one column, so no features besides the "
+        return Status::invalid_argument(path +
+                                        ": only one column, so no features besides the "
                                         "label");
     }
     const std::string name = want.empty() ? "label" : want;
@@ -129,11 +142,12 @@ Status resolve_label(const std::string& path, const std::string& want,
         return Status::ok();
     }
     if (header.empty()) {
-        return Status::invalid_argument(path + ": label column '" + want + "' is not a 0-based "
+        return Status::invalid_argument(path + ": label column '" + want +
+                                        "' is not a 0-based "
                                         "index and the file has no header row to name it");
     }
-    return Status::invalid_argument(path + ": no column named '" + want + "' (header: " +
-                                    join(header) + ")");
+    return Status::invalid_argument(path + ": no column named '" + want +
+                                    "' (header: " + join(header) + ")");
 }
 
 // Reads `path`; with `label` set, one column goes to `label_out` (rows × 1) and the rest to
@@ -149,12 +163,15 @@ Status read_csv(const std::string& path, const CsvOptions& options, bool label, 
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
         const int err = errno;
-        if (err == ENOENT) return Status::not_found(path + ": no such file");
+        if (err == ENOENT)
+            return Status::not_found(path + ": no such file");
         return Status::io_error(path + ": cannot open: " + std::strerror(err));
     }
-    if (!S_ISREG(st.st_mode)) return Status::invalid_argument(path + ": not a regular file");
+    if (!S_ISREG(st.st_mode))
+        return Status::invalid_argument(path + ": not a regular file");
     std::ifstream in(path, std::ios::binary);
-    if (!in) return Status::io_error(path + ": cannot open: " + std::strerror(errno));
+    if (!in)
+        return Status::io_error(path + ": cannot open: " + std::strerror(errno));
 
     // Values are appended row by row; the shapes are set once the row count is known.
     std::vector<std::string> fields;
@@ -171,9 +188,12 @@ Status read_csv(const std::string& path, const CsvOptions& options, bool label, 
     while (std::getline(in, line)) {
         ++line_no;
         // Tolerate Windows line ends and the byte-order mark spreadsheet programs write.
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);
-        if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank line
+        if (!line.empty() && line.back() == '\r')
+            line.pop_back();
+        if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0)
+            line.erase(0, 3);
+        if (line.find_first_not_of(" \t") == std::string::npos)
+            continue;  // blank line
 
         const auto where = [&] { return path + ": line " + std::to_string(line_no); };
         if (!split_row(line, options.delimiter, &fields, &why)) {
@@ -190,16 +210,20 @@ Status read_csv(const std::string& path, const CsvOptions& options, bool label, 
                 // pandas writes headers whose first (index) name is empty.
                 float unused;
                 for (const std::string& f : fields) {
-                    if (!f.empty() && !parse_number(f, &unused)) has_header = true;
+                    if (!f.empty() && !parse_number(f, &unused))
+                        has_header = true;
                 }
             }
-            if (has_header) header = fields;
+            if (has_header)
+                header = fields;
 
             if (label) {
                 Status s = resolve_label(path, options.label_column, header, n_cols, &label_col);
-                if (!s.is_ok()) return s;
+                if (!s.is_ok())
+                    return s;
             }
-            if (has_header) continue;
+            if (has_header)
+                continue;
         }
 
         // A data row: the right number of fields, each a number.
@@ -227,8 +251,10 @@ Status read_csv(const std::string& path, const CsvOptions& options, bool label, 
         ++rows;
     }
     // getline ends on EOF and on a read error alike; only badbit tells them apart.
-    if (in.bad()) return Status::io_error(path + ": read failed: " + std::strerror(errno));
-    if (rows == 0) return Status::corruption(path + ": no data rows");
+    if (in.bad())
+        return Status::io_error(path + ": read failed: " + std::strerror(errno));
+    if (rows == 0)
+        return Status::corruption(path + ": no data rows");
 
     // Shapes: rows × features, and rows × 1 for the label.
     const int64_t n_features = static_cast<int64_t>(n_cols) - (label ? 1 : 0);

@@ -20,7 +20,8 @@ constexpr const char* kKnownNames[] = {"fashion-mnist", "mnist"};
 
 std::string known_names() {
     std::string text;
-    for (const char* name : kKnownNames) text += std::string(text.empty() ? "" : ", ") + name;
+    for (const char* name : kKnownNames)
+        text += std::string(text.empty() ? "" : ", ") + name;
     return text;
 }
 
@@ -51,7 +52,8 @@ bool exists(const std::string& path) {
 
 // Case-insensitive, so DATA.CSV and train.H5 are recognised too.
 bool has_suffix(const std::string& s, const std::string& suffix) {
-    if (s.size() < suffix.size()) return false;
+    if (s.size() < suffix.size())
+        return false;
     // `suffix` is lower case; the characters of `s` are folded before comparing.
     return std::equal(suffix.begin(), suffix.end(), s.end() - suffix.size(), [](char a, char b) {
         return a == std::tolower(static_cast<unsigned char>(b));
@@ -99,8 +101,10 @@ bool split_h5_spec(const std::string& spec, std::string* file, std::string* inne
 
 // "/" + "x_train" -> "/x_train"; "/data/" + "x_train" -> "/data/x_train".
 std::string join_h5(std::string group, const std::string& name) {
-    while (!group.empty() && group.back() == '/') group.pop_back();
-    if (!group.empty() && group.front() != '/') group.insert(group.begin(), '/');
+    while (!group.empty() && group.back() == '/')
+        group.pop_back();
+    if (!group.empty() && group.front() != '/')
+        group.insert(group.begin(), '/');
     return group + "/" + name;
 }
 
@@ -109,7 +113,8 @@ std::string join_h5(std::string group, const std::string& name) {
 // `--data mnist` means the same thing wherever it is run; "./mnist" reaches the local one.
 Status resolve_name(const std::string& spec, std::string* dir) {
     dir->clear();
-    if (!is_known_name(spec)) return Status::ok();
+    if (!is_known_name(spec))
+        return Status::ok();
     *dir = std::string(kInstallRoot) + "/" + spec;
     if (!is_dir(*dir)) {
         return Status::not_found("dataset '" + spec + "' is not installed (" + *dir +
@@ -119,8 +124,8 @@ Status resolve_name(const std::string& spec, std::string* dir) {
 }
 
 Status unknown_spec(const std::string& spec) {
-    return Status::not_found("'" + spec + "' is not a known dataset name (known: " +
-                             known_names() + ") and is neither a directory nor a file");
+    return Status::not_found("'" + spec + "' is not a known dataset name (known: " + known_names() +
+                             ") and is neither a directory nor a file");
 }
 
 // ---- directories ---------------------------------------------------------------------------
@@ -134,7 +139,8 @@ struct DirLayout {
 // An IDX file stored plain or gzipped; the plain one wins when both are there.
 std::string find_idx(const std::string& dir, const std::string& base) {
     for (const std::string& candidate : {dir + "/" + base, dir + "/" + base + ".gz"}) {
-        if (exists(candidate)) return candidate;
+        if (exists(candidate))
+            return candidate;
     }
     return "";
 }
@@ -164,10 +170,11 @@ Status resolve_dir(const std::string& dir, DirLayout* layout) {
     const bool any_npy = !(npy.x_train + npy.y_train + npy.x_test + npy.y_test).empty();
     if (!any_idx && !any_npy) {
         return Status::not_found(
-            dir + ": no dataset files: expected train-images-idx3-ubyte[.gz], "
-                  "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and "
-                  "t10k-labels-idx1-ubyte[.gz], or x_train.npy, y_train.npy and optionally "
-                  "x_test.npy, y_test.npy");
+            dir +
+            ": no dataset files: expected train-images-idx3-ubyte[.gz], "
+            "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and "
+            "t10k-labels-idx1-ubyte[.gz], or x_train.npy, y_train.npy and optionally "
+            "x_test.npy, y_test.npy");
     }
     *layout = any_idx ? idx : npy;
 
@@ -175,10 +182,9 @@ Status resolve_dir(const std::string& dir, DirLayout* layout) {
     const char* x_test_name = layout->idx ? "t10k-images-idx3-ubyte" : "x_test.npy";
     const char* y_test_name = layout->idx ? "t10k-labels-idx1-ubyte" : "y_test.npy";
     if (layout->x_test.empty() != layout->y_test.empty()) {
-        return Status::not_found(dir + ": has " +
-                                 (layout->x_test.empty() ? y_test_name : x_test_name) +
-                                 " but not " +
-                                 (layout->x_test.empty() ? x_test_name : y_test_name));
+        return Status::not_found(
+            dir + ": has " + (layout->x_test.empty() ? y_test_name : x_test_name) + " but not " +
+            (layout->x_test.empty() ? x_test_name : y_test_name));
     }
     return Status::ok();
 }
@@ -194,13 +200,15 @@ Status load_file(const DirLayout& layout, const std::string& path, Array* out) {
 // scaled when it held pixels, and the row counts of the two agreeing.
 Status finish_split(Split* split) {
     // A label vector (N) is the common case; (N, k) targets are left as they are.
-    if (split->y.shape.size() == 1) split->y.shape.push_back(1);
-    if (split->x.rows() == 0) return Status::corruption(split->x.source + ": no rows");
+    if (split->y.shape.size() == 1)
+        split->y.shape.push_back(1);
+    if (split->x.rows() == 0)
+        return Status::corruption(split->x.source + ": no rows");
     if (split->x.rows() != split->y.rows()) {
-        return Status::invalid_argument(
-            "inputs and targets disagree: x from " + split->x.source + " has " +
-            std::to_string(split->x.rows()) + " rows, y from " + split->y.source + " has " +
-            std::to_string(split->y.rows()));
+        return Status::invalid_argument("inputs and targets disagree: x from " + split->x.source +
+                                        " has " + std::to_string(split->x.rows()) +
+                                        " rows, y from " + split->y.source + " has " +
+                                        std::to_string(split->y.rows()));
     }
     // Only x: 8-bit labels are class indices, and scaling them would break every loss.
     scale_pixels(&split->x);
@@ -211,16 +219,19 @@ Status finish_split(Split* split) {
 Status load_pair(const DirLayout& layout, const std::string& x_path, const std::string& y_path,
                  Split* split) {
     Status s = load_file(layout, x_path, &split->x);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     s = load_file(layout, y_path, &split->y);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     return finish_split(split);
 }
 
 Status load_dir(const std::string& dir, Dataset* out) {
     DirLayout layout;
     Status s = resolve_dir(dir, &layout);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (layout.x_train.empty() || layout.y_train.empty()) {
         return Status::not_found(dir + ": no training split (expected " +
                                  (layout.idx ? "train-images-idx3-ubyte[.gz] and "
@@ -229,10 +240,12 @@ Status load_dir(const std::string& dir, Dataset* out) {
                                  ")");
     }
     s = load_pair(layout, layout.x_train, layout.y_train, &out->train);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (!layout.x_test.empty()) {
         s = load_pair(layout, layout.x_test, layout.y_test, &out->test);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     return Status::ok();
 }
@@ -241,8 +254,10 @@ Status load_dir(const std::string& dir, Dataset* out) {
 // need one for their messages.
 Status load_h5_array(const std::string& file, const std::string& dataset, Array* out) {
     Status s = load_hdf5_array(file, dataset, out);
-    if (!s.is_ok()) return s;
-    if (out->source.empty()) out->source = file + ":" + dataset;
+    if (!s.is_ok())
+        return s;
+    if (out->source.empty())
+        out->source = file + ":" + dataset;
     return Status::ok();
 }
 
@@ -253,12 +268,14 @@ Status load_h5(const std::string& file, const std::string& group, Dataset* out) 
     const std::string where = group.empty() ? "/" : group;
     std::vector<std::string> names;
     Status s = list_hdf5_datasets(file, where, &names);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const auto has = [&](const char* name) {
         return std::find(names.begin(), names.end(), name) != names.end();
     };
     std::string listed;
-    for (const std::string& n : names) listed += (listed.empty() ? "" : ", ") + n;
+    for (const std::string& n : names)
+        listed += (listed.empty() ? "" : ", ") + n;
     if (!has("x_train") || !has("y_train")) {
         return Status::not_found(file + ":" + where + ": expected datasets x_train and y_train " +
                                  "(found: " + (listed.empty() ? "none" : listed) + ")");
@@ -271,18 +288,24 @@ Status load_h5(const std::string& file, const std::string& group, Dataset* out) 
 
     // The splits.
     s = load_h5_array(file, join_h5(where, "x_train"), &out->train.x);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     s = load_h5_array(file, join_h5(where, "y_train"), &out->train.y);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     s = finish_split(&out->train);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (has("x_test")) {
         s = load_h5_array(file, join_h5(where, "x_test"), &out->test.x);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         s = load_h5_array(file, join_h5(where, "y_test"), &out->test.y);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         s = finish_split(&out->test);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     return Status::ok();
 }
@@ -292,33 +315,42 @@ Status load_source(const std::string& spec, const DatasetOptions& options, Datas
     // Names and directories first: neither has an extension to go by.
     std::string dir;
     Status s = resolve_name(spec, &dir);
-    if (!s.is_ok()) return s;
-    if (!dir.empty()) return load_dir(dir, out);
-    if (is_dir(spec)) return load_dir(spec, out);
+    if (!s.is_ok())
+        return s;
+    if (!dir.empty())
+        return load_dir(dir, out);
+    if (is_dir(spec))
+        return load_dir(spec, out);
 
     // Files by extension; "FILE.h5:/group" is checked before existence because the spec as a
     // whole is not a path.
     std::string file, inner;
     if (split_h5_spec(spec, &file, &inner)) {
-        if (!exists(file)) return Status::not_found(file + ": no such file");
+        if (!exists(file))
+            return Status::not_found(file + ": no such file");
         return load_h5(file, inner, out);
     }
-    if (!exists(spec)) return unknown_spec(spec);
+    if (!exists(spec))
+        return unknown_spec(spec);
     if (has_suffix(spec, ".csv")) {
         s = load_csv(spec, options.csv, &out->train.x, &out->train.y);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         return finish_split(&out->train);
     }
     // Single arrays are valid inputs (load_inputs) but not a dataset: say what to give instead.
     if (has_suffix(spec, ".npy")) {
-        return Status::invalid_argument(spec + ": an NPY file holds one array; for a dataset "
+        return Status::invalid_argument(spec +
+                                        ": an NPY file holds one array; for a dataset "
                                         "give a directory with x_train.npy and y_train.npy");
     }
     if (looks_like_idx(spec)) {
-        return Status::invalid_argument(spec + ": an IDX file holds one array; for a dataset "
+        return Status::invalid_argument(spec +
+                                        ": an IDX file holds one array; for a dataset "
                                         "give the directory holding the four IDX files");
     }
-    return Status::unsupported(spec + ": unrecognised dataset file type (expected a directory, "
+    return Status::unsupported(spec +
+                               ": unrecognised dataset file type (expected a directory, "
                                ".csv, .h5 or .hdf5)");
 }
 
@@ -345,8 +377,10 @@ Status check_test_matches(const Dataset& data) {
 }  // namespace
 
 void scale_pixels(Array* array) {
-    if (!array->from_uint8) return;
-    for (float& v : array->values) v /= 255.0f;
+    if (!array->from_uint8)
+        return;
+    for (float& v : array->values)
+        v /= 255.0f;
     // Cleared so that scaling twice is harmless: the values are no longer 0..255.
     array->from_uint8 = false;
 }
@@ -356,7 +390,8 @@ Status load_dataset(const std::string& spec, const DatasetOptions& options, Data
     Dataset result;
     result.name = spec;
     Status s = load_source(spec, options, &result);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     // A separate test source: its test split when it has one (e.g. "fashion-mnist"), else its
     // only split (a second CSV file).
@@ -370,12 +405,14 @@ Status load_dataset(const std::string& spec, const DatasetOptions& options, Data
         }
         Dataset test;
         s = load_source(options.test_spec, options, &test);
-        if (!s.is_ok()) return s.with_context("test data");
+        if (!s.is_ok())
+            return s.with_context("test data");
         result.test = test.has_test() ? std::move(test.test) : std::move(test.train);
     }
     if (result.has_test()) {
         s = check_test_matches(result);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
 
     *out = std::move(result);
@@ -389,13 +426,16 @@ Status load_inputs(const std::string& spec, const DatasetOptions& options, Array
     // A NAME or DIR: its test inputs only, without reading the training split.
     std::string dir;
     s = resolve_name(spec, &dir);
-    if (!s.is_ok()) return s;
-    if (dir.empty() && is_dir(spec)) dir = spec;
+    if (!s.is_ok())
+        return s;
+    if (dir.empty() && is_dir(spec))
+        dir = spec;
     std::string file, inner;
     if (!dir.empty()) {
         DirLayout layout;
         s = resolve_dir(dir, &layout);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         if (layout.x_test.empty()) {
             return Status::not_found(dir + ": no test split to take inputs from (expected " +
                                      (layout.idx ? "t10k-images-idx3-ubyte[.gz]" : "x_test.npy") +
@@ -404,14 +444,18 @@ Status load_inputs(const std::string& spec, const DatasetOptions& options, Array
         s = load_file(layout, layout.x_test, &result);
     } else if (split_h5_spec(spec, &file, &inner)) {
         // FILE.h5:/dataset; a bare FILE.h5 means its x_test.
-        if (!exists(file)) return Status::not_found(file + ": no such file");
+        if (!exists(file))
+            return Status::not_found(file + ": no such file");
         if (inner.empty()) {
             std::vector<std::string> names;
             s = list_hdf5_datasets(file, "/", &names);
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
             if (std::find(names.begin(), names.end(), "x_test") == names.end()) {
-                return Status::invalid_argument(file + ": has no /x_test; name the dataset, as "
-                                                "in " + file + ":/x");
+                return Status::invalid_argument(file +
+                                                ": has no /x_test; name the dataset, as "
+                                                "in " +
+                                                file + ":/x");
             }
             inner = "/x_test";
         }
@@ -430,11 +474,14 @@ Status load_inputs(const std::string& spec, const DatasetOptions& options, Array
     } else if (looks_like_idx(spec)) {
         s = load_idx(spec, &result);
     } else {
-        return Status::unsupported(spec + ": unrecognised input file type (expected a "
+        return Status::unsupported(spec +
+                                   ": unrecognised input file type (expected a "
                                    "directory, .npy, .csv, .h5 or an IDX file)");
     }
-    if (!s.is_ok()) return s;
-    if (result.rows() == 0) return Status::corruption(result.source + ": no rows");
+    if (!s.is_ok())
+        return s;
+    if (result.rows() == 0)
+        return Status::corruption(result.source + ": no rows");
 
     // Inputs are scaled exactly as load_dataset scales training inputs, or predictions on
     // 8-bit data would see values 255 times larger than the model was trained on.

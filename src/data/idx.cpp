@@ -42,21 +42,21 @@ std::string shape_text(const Shape& shape) {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(),
-                                                  suffix) == 0;
+    return s.size() >= suffix.size() &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // A sequential byte source over a plain or gzip file, so that one parser serves both. (gzread
 // would read a plain file too, but only stdio lets the exact size be checked up front.)
 // `read` fills `n` bytes unless the data ends first; `*got` says how many arrived.
 class ByteSource {
-public:
+  public:
     virtual ~ByteSource() = default;
     [[nodiscard]] virtual Status read(unsigned char* dst, size_t n, size_t* got) = 0;
 };
 
 class PlainSource : public ByteSource {
-public:
+  public:
     PlainSource(const std::string& path, std::FILE* file) : path_(path), file_(file) {}
     ~PlainSource() override { std::fclose(file_); }
 
@@ -68,13 +68,13 @@ public:
         return Status::ok();
     }
 
-private:
+  private:
     std::string path_;
     std::FILE* file_;
 };
 
 class GzipSource : public ByteSource {
-public:
+  public:
     GzipSource(const std::string& path, gzFile file) : path_(path), file_(file) {}
     ~GzipSource() override { gzclose(file_); }
 
@@ -84,19 +84,22 @@ public:
             // gzread takes an unsigned count; the chunks we ask for are far below its limit.
             const unsigned want = static_cast<unsigned>(std::min<size_t>(n - *got, 1u << 30));
             const int r = gzread(file_, dst + *got, want);
-            if (r < 0) return error();
-            if (r == 0) break;
+            if (r < 0)
+                return error();
+            if (r == 0)
+                break;
             *got += static_cast<size_t>(r);
         }
         // A stream cut short reads as a short count; zlib records why (Z_BUF_ERROR), and a
         // corrupt stream as Z_DATA_ERROR. Either is a broken file, not the end of the data.
         int errnum = Z_OK;
         gzerror(file_, &errnum);
-        if (errnum != Z_OK && errnum != Z_STREAM_END) return error();
+        if (errnum != Z_OK && errnum != Z_STREAM_END)
+            return error();
         return Status::ok();
     }
 
-private:
+  private:
     Status error() {
         int errnum = Z_OK;
         const char* msg = gzerror(file_, &errnum);
@@ -118,21 +121,25 @@ Status open_source(const std::string& path, std::unique_ptr<ByteSource>* source,
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
         const int err = errno;
-        if (err == ENOENT) return Status::not_found(path + ": no such file");
+        if (err == ENOENT)
+            return Status::not_found(path + ": no such file");
         return Status::io_error(path + ": cannot open: " + std::strerror(err));
     }
-    if (!S_ISREG(st.st_mode)) return Status::invalid_argument(path + ": not a regular file");
+    if (!S_ISREG(st.st_mode))
+        return Status::invalid_argument(path + ": not a regular file");
     *file_bytes = static_cast<uint64_t>(st.st_size);
 
     if (ends_with(path, ".gz")) {
         gzFile gz = gzopen(path.c_str(), "rb");
-        if (!gz) return Status::io_error(path + ": cannot open: " + std::strerror(errno));
+        if (!gz)
+            return Status::io_error(path + ": cannot open: " + std::strerror(errno));
         // Larger than the 8 KiB default: the images file inflates to 47 MB.
         gzbuffer(gz, 128 * 1024);
         source->reset(new GzipSource(path, gz));
     } else {
         std::FILE* f = std::fopen(path.c_str(), "rb");
-        if (!f) return Status::io_error(path + ": cannot open: " + std::strerror(errno));
+        if (!f)
+            return Status::io_error(path + ": cannot open: " + std::strerror(errno));
         source->reset(new PlainSource(path, f));
     }
     return Status::ok();
@@ -146,20 +153,28 @@ struct IdxType {
 // The element types the IDX format defines, by their dtype byte; size 0 means "not defined".
 IdxType idx_type(unsigned char code) {
     switch (code) {
-        case 0x08: return {"unsigned byte", 1};
-        case 0x09: return {"signed byte", 1};
-        case 0x0B: return {"short", 2};
-        case 0x0C: return {"int", 4};
-        case 0x0D: return {"float", 4};
-        case 0x0E: return {"double", 8};
-        default: return {nullptr, 0};
+        case 0x08:
+            return {"unsigned byte", 1};
+        case 0x09:
+            return {"signed byte", 1};
+        case 0x0B:
+            return {"short", 2};
+        case 0x0C:
+            return {"int", 4};
+        case 0x0D:
+            return {"float", 4};
+        case 0x0E:
+            return {"double", 8};
+        default:
+            return {nullptr, 0};
     }
 }
 
 // An unsigned big-endian integer of `n` <= 8 bytes.
 uint64_t load_be(const unsigned char* p, size_t n) {
     uint64_t v = 0;
-    for (size_t i = 0; i < n; ++i) v = (v << 8) | p[i];
+    for (size_t i = 0; i < n; ++i)
+        v = (v << 8) | p[i];
     return v;
 }
 
@@ -168,10 +183,12 @@ uint64_t load_be(const unsigned char* p, size_t n) {
 void convert_be(unsigned char code, const unsigned char* src, size_t n, float* dst) {
     switch (code) {
         case 0x08:
-            for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+            for (size_t i = 0; i < n; ++i)
+                dst[i] = static_cast<float>(src[i]);
             break;
         case 0x09:
-            for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<int8_t>(src[i]));
+            for (size_t i = 0; i < n; ++i)
+                dst[i] = static_cast<float>(static_cast<int8_t>(src[i]));
             break;
         case 0x0B:
             for (size_t i = 0; i < n; ++i) {
@@ -210,13 +227,15 @@ Status load_idx(const std::string& path, Array* out) {
     uint64_t file_bytes = 0;
     const bool gzip = ends_with(path, ".gz");
     Status s = open_source(path, &source, &file_bytes);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     // Magic: two zero bytes, the dtype, the rank.
     unsigned char magic[4];
     size_t got = 0;
     s = source->read(magic, sizeof(magic), &got);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (got < sizeof(magic)) {
         return Status::corruption(path + ": truncated IDX header (" + std::to_string(got) +
                                   " bytes; the magic number alone is 4)");
@@ -243,7 +262,8 @@ Status load_idx(const std::string& path, Array* out) {
     // Dimensions, and their product checked for overflow in elements and in bytes.
     unsigned char dim_bytes[4 * kMaxRank];
     s = source->read(dim_bytes, 4 * static_cast<size_t>(rank), &got);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (got < 4 * static_cast<size_t>(rank)) {
         return Status::corruption(path + ": truncated IDX header: rank " + std::to_string(rank) +
                                   " needs " + std::to_string(4 * rank) + " bytes of dimensions, " +
@@ -302,7 +322,8 @@ Status load_idx(const std::string& path, Array* out) {
         while (remaining > 0) {
             const size_t want = static_cast<size_t>(std::min<uint64_t>(remaining, chunk.size()));
             s = source->read(chunk.data(), want, &got);
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
             if (got < want) {
                 return Status::corruption(
                     path + ": truncated IDX data: shape " + shape_text(shape) + " declares " +
@@ -325,7 +346,8 @@ Status load_idx(const std::string& path, Array* out) {
     if (gzip) {
         unsigned char extra;
         s = source->read(&extra, 1, &got);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         if (got != 0) {
             return Status::corruption(path + ": size mismatch: data continues past the " +
                                       std::to_string(data_bytes) + " bytes that shape " +

@@ -60,63 +60,80 @@ struct Header {
 // string keys whose values are strings, True/False, or tuples of non-negative integers.
 // Errors say what was expected and at which character, so a hand-edited header can be fixed.
 class HeaderParser {
-public:
+  public:
     explicit HeaderParser(const std::string& text) : text_(text) {}
 
     bool parse(Header* header) {
         bool have_descr = false, have_fortran = false, have_shape = false;
         skip_space();
-        if (!consume('{')) return fail("expected '{'");
+        if (!consume('{'))
+            return fail("expected '{'");
         // Keys in any order, a trailing comma allowed: both are valid Python and other writers
         // than numpy use them.
         for (;;) {
             skip_space();
-            if (consume('}')) break;
+            if (consume('}'))
+                break;
             std::string key;
-            if (!parse_string(&key)) return false;
+            if (!parse_string(&key))
+                return false;
             skip_space();
-            if (!consume(':')) return fail("expected ':' after '" + key + "'");
+            if (!consume(':'))
+                return fail("expected ':' after '" + key + "'");
             skip_space();
             if (key == "descr") {
-                if (have_descr) return fail("duplicate key 'descr'");
+                if (have_descr)
+                    return fail("duplicate key 'descr'");
                 have_descr = true;
                 if (peek() == '[') {
                     return fail("structured dtypes (a list for 'descr') are not supported");
                 }
-                if (!parse_string(&header->descr)) return false;
+                if (!parse_string(&header->descr))
+                    return false;
             } else if (key == "fortran_order") {
-                if (have_fortran) return fail("duplicate key 'fortran_order'");
+                if (have_fortran)
+                    return fail("duplicate key 'fortran_order'");
                 have_fortran = true;
-                if (!parse_bool(&header->fortran_order)) return false;
+                if (!parse_bool(&header->fortran_order))
+                    return false;
             } else if (key == "shape") {
-                if (have_shape) return fail("duplicate key 'shape'");
+                if (have_shape)
+                    return fail("duplicate key 'shape'");
                 have_shape = true;
-                if (!parse_shape(&header->shape)) return false;
+                if (!parse_shape(&header->shape))
+                    return false;
             } else {
                 // numpy refuses unknown keys as well: they would mean a format it does not know.
                 return fail("unexpected key '" + key + "'");
             }
             skip_space();
-            if (consume(',')) continue;
+            if (consume(','))
+                continue;
             skip_space();
-            if (consume('}')) break;
+            if (consume('}'))
+                break;
             return fail("expected ',' or '}'");
         }
         // The spaces and '\n' numpy pads with are all that may follow.
         skip_space();
-        if (pos_ != text_.size()) return fail("unexpected text after the dict");
-        if (!have_descr) return fail("missing key 'descr'");
-        if (!have_fortran) return fail("missing key 'fortran_order'");
-        if (!have_shape) return fail("missing key 'shape'");
+        if (pos_ != text_.size())
+            return fail("unexpected text after the dict");
+        if (!have_descr)
+            return fail("missing key 'descr'");
+        if (!have_fortran)
+            return fail("missing key 'fortran_order'");
+        if (!have_shape)
+            return fail("missing key 'shape'");
         return true;
     }
 
     const std::string& error() const { return error_; }
 
-private:
+  private:
     char peek() const { return pos_ < text_.size() ? text_[pos_] : '\0'; }
     bool consume(char c) {
-        if (peek() != c) return false;
+        if (peek() != c)
+            return false;
         ++pos_;
         return true;
     }
@@ -133,11 +150,14 @@ private:
     // 'text' or "text"; numpy never writes escapes in these strings, so none are accepted.
     bool parse_string(std::string* out) {
         const char quote = peek();
-        if (quote != '\'' && quote != '"') return fail("expected a quoted string");
+        if (quote != '\'' && quote != '"')
+            return fail("expected a quoted string");
         const size_t end = text_.find(quote, pos_ + 1);
-        if (end == std::string::npos) return fail("unterminated string");
+        if (end == std::string::npos)
+            return fail("unterminated string");
         *out = text_.substr(pos_ + 1, end - pos_ - 1);
-        if (out->find('\\') != std::string::npos) return fail("escapes in strings");
+        if (out->find('\\') != std::string::npos)
+            return fail("escapes in strings");
         pos_ = end + 1;
         return true;
     }
@@ -158,10 +178,12 @@ private:
 
     // (), (n,), (a, b, ...) with an optional trailing comma; Python 2 wrote longs as "3L".
     bool parse_shape(Shape* out) {
-        if (!consume('(')) return fail("expected a tuple for 'shape'");
+        if (!consume('('))
+            return fail("expected a tuple for 'shape'");
         for (;;) {
             skip_space();
-            if (consume(')')) return true;
+            if (consume(')'))
+                return true;
             if (!std::isdigit(static_cast<unsigned char>(peek()))) {
                 return fail("expected a non-negative integer in 'shape'");
             }
@@ -179,9 +201,11 @@ private:
             }
             out->push_back(static_cast<int64_t>(dim));
             skip_space();
-            if (consume(',')) continue;
+            if (consume(','))
+                continue;
             skip_space();
-            if (consume(')')) return true;
+            if (consume(')'))
+                return true;
             return fail("expected ',' or ')' in 'shape'");
         }
     }
@@ -213,8 +237,8 @@ Status parse_descr(const std::string& path, const std::string& descr, ElementTyp
     const char order = descr[0], kind = descr[1], size = descr[2];
     if (kind == 'b' && size == '1') {
         *type = {Kind::kBool, 1};
-    } else if ((kind == 'i' || kind == 'u') && (size == '1' || size == '2' || size == '4' ||
-                                                 size == '8')) {
+    } else if ((kind == 'i' || kind == 'u') &&
+               (size == '1' || size == '2' || size == '4' || size == '8')) {
         *type = {kind == 'i' ? Kind::kInt : Kind::kUInt, static_cast<size_t>(size - '0')};
     } else if (kind == 'f' && (size == '4' || size == '8')) {
         *type = {Kind::kFloat, static_cast<size_t>(size - '0')};
@@ -231,7 +255,8 @@ Status parse_descr(const std::string& path, const std::string& descr, ElementTyp
         }
         return Status::ok();
     }
-    if (order == '<' || (order == '=' && kHostLittleEndian)) return Status::ok();
+    if (order == '<' || (order == '=' && kHostLittleEndian))
+        return Status::ok();
     if (order == '>' || order == '=') {
         return Status::unsupported(path + ": big-endian NPY data ('" + descr +
                                    "') is not supported; re-save it little-endian, e.g. "
@@ -244,7 +269,8 @@ Status parse_descr(const std::string& path, const std::string& descr, ElementTyp
 // An unsigned little-endian integer of `n` <= 8 bytes.
 uint64_t load_le(const unsigned char* p, size_t n) {
     uint64_t v = 0;
-    for (size_t i = n; i > 0; --i) v = (v << 8) | p[i - 1];
+    for (size_t i = n; i > 0; --i)
+        v = (v << 8) | p[i - 1];
     return v;
 }
 
@@ -286,12 +312,15 @@ Status open_for_reading(const std::string& path, File* file, uint64_t* file_byte
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
         const int err = errno;
-        if (err == ENOENT) return Status::not_found(path + ": no such file");
+        if (err == ENOENT)
+            return Status::not_found(path + ": no such file");
         return Status::io_error(path + ": cannot open: " + std::strerror(err));
     }
-    if (!S_ISREG(st.st_mode)) return Status::invalid_argument(path + ": not a regular file");
+    if (!S_ISREG(st.st_mode))
+        return Status::invalid_argument(path + ": not a regular file");
     file->reset(std::fopen(path.c_str(), "rb"));
-    if (!*file) return Status::io_error(path + ": cannot open: " + std::strerror(errno));
+    if (!*file)
+        return Status::io_error(path + ": cannot open: " + std::strerror(errno));
     *file_bytes = static_cast<uint64_t>(st.st_size);
     return Status::ok();
 }
@@ -300,8 +329,10 @@ Status open_for_reading(const std::string& path, File* file, uint64_t* file_byte
 Status read_exact(std::FILE* f, const std::string& path, void* dst, size_t n,
                   const std::string& what) {
     const size_t got = std::fread(dst, 1, n, f);
-    if (got == n) return Status::ok();
-    if (std::ferror(f)) return Status::io_error(path + ": read failed: " + std::strerror(errno));
+    if (got == n)
+        return Status::ok();
+    if (std::ferror(f))
+        return Status::io_error(path + ": read failed: " + std::strerror(errno));
     return Status::corruption(path + ": truncated NPY " + what + " (" + std::to_string(got) +
                               " of " + std::to_string(n) + " bytes present)");
 }
@@ -312,12 +343,14 @@ Status load_npy(const std::string& path, Array* out) {
     File file;
     uint64_t file_bytes = 0;
     Status s = open_for_reading(path, &file, &file_bytes);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     // Magic and version.
     unsigned char preamble[kMagicBytes + 2];
     s = read_exact(file.get(), path, preamble, sizeof(preamble), "magic");
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (std::memcmp(preamble, kMagic, kMagicBytes) != 0) {
         return Status::corruption(path + ": bad magic: not an NPY file (expected \\x93NUMPY)");
     }
@@ -331,7 +364,8 @@ Status load_npy(const std::string& path, Array* out) {
     const size_t len_bytes = major == 1 ? 2 : 4;
     unsigned char len_field[4];
     s = read_exact(file.get(), path, len_field, len_bytes, "header length");
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const uint64_t header_len = load_le(len_field, len_bytes);
     const uint64_t data_offset = kMagicBytes + 2 + len_bytes + header_len;
     if (header_len > kMaxHeaderBytes) {
@@ -346,7 +380,8 @@ Status load_npy(const std::string& path, Array* out) {
     }
     std::string text(static_cast<size_t>(header_len), '\0');
     s = read_exact(file.get(), path, text.data(), text.size(), "header");
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     // The dict.
     Header header;
@@ -355,7 +390,8 @@ Status load_npy(const std::string& path, Array* out) {
         return Status::corruption(path + ": bad NPY header dict: " + parser.error());
     }
     if (header.fortran_order) {
-        return Status::unsupported(path + ": fortran_order=True (column-major) NPY arrays are "
+        return Status::unsupported(path +
+                                   ": fortran_order=True (column-major) NPY arrays are "
                                    "not supported; save np.ascontiguousarray(a) instead");
     }
     // A scalar has no rows to be a dataset or a batch of inputs.
@@ -364,7 +400,8 @@ Status load_npy(const std::string& path, Array* out) {
     }
     ElementType type{};
     s = parse_descr(path, header.descr, &type);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     // Declared size against the bytes present, before allocating for it.
     uint64_t elements = 1;
@@ -384,11 +421,10 @@ Status load_npy(const std::string& path, Array* out) {
     // prefix of the data would hide that.
     const uint64_t present = file_bytes - data_offset;
     if (present != data_bytes) {
-        return Status::corruption(path + ": size mismatch: shape " + shape_text(header.shape) +
-                                  " of '" + header.descr + "' declares " +
-                                  std::to_string(data_bytes) + " data bytes, file has " +
-                                  std::to_string(present) +
-                                  (present < data_bytes ? " (truncated)" : ""));
+        return Status::corruption(
+            path + ": size mismatch: shape " + shape_text(header.shape) + " of '" + header.descr +
+            "' declares " + std::to_string(data_bytes) + " data bytes, file has " +
+            std::to_string(present) + (present < data_bytes ? " (truncated)" : ""));
     }
 
     // Data, converted chunk by chunk into the array allocated once.
@@ -404,13 +440,13 @@ Status load_npy(const std::string& path, Array* out) {
         while (done < elements) {
             const size_t n = std::min(elements - done, chunk.size() / type.size);
             s = read_exact(file.get(), path, chunk.data(), n * type.size, "data");
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
             convert_le(type, chunk.data(), n, result.values.data() + done);
             done += n;
         }
     } catch (const std::bad_alloc&) {
-        return Status::io_error(path + ": out of memory reading shape " +
-                                shape_text(header.shape));
+        return Status::io_error(path + ": out of memory reading shape " + shape_text(header.shape));
     }
 
     *out = std::move(result);
@@ -433,8 +469,10 @@ Status save_npy(const std::string& path, const Shape& shape, const float* values
     // The header dict, padded with spaces and ended by '\n' so that the data starts at a
     // multiple of 64 bytes, as the format asks (it lets readers memory-map aligned data).
     std::string dims;
-    for (size_t i = 0; i < shape.size(); ++i) dims += (i ? ", " : "") + std::to_string(shape[i]);
-    if (shape.size() == 1) dims += ",";
+    for (size_t i = 0; i < shape.size(); ++i)
+        dims += (i ? ", " : "") + std::to_string(shape[i]);
+    if (shape.size() == 1)
+        dims += ",";
     std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
     const size_t preamble = kMagicBytes + 2 + 2;
     const size_t unpadded = preamble + header.size() + 1;
@@ -449,7 +487,8 @@ Status save_npy(const std::string& path, const Shape& shape, const float* values
     // TODO(data): write under a temporary name and rename, as checkpoints do, so that a crash
     // cannot leave a partial predictions file; not needed yet for `kiln predict --output`.
     File file(std::fopen(path.c_str(), "wb"));
-    if (!file) return Status::io_error(path + ": cannot create: " + std::strerror(errno));
+    if (!file)
+        return Status::io_error(path + ": cannot create: " + std::strerror(errno));
     std::string head(kMagic, kMagicBytes);
     head += '\x01';
     head += '\x00';

@@ -25,14 +25,17 @@ namespace {
 constexpr const char* kTemporaryInfix = ".tmp-";
 constexpr size_t kRandomDigits = 16;
 
-std::string errno_text(int error) { return std::strerror(error); }
+std::string errno_text(int error) {
+    return std::strerror(error);
+}
 
 // The temporary file of one save: removed when the save fails at any step before the rename.
 class TemporaryFile {
-public:
+  public:
     TemporaryFile() = default;
     ~TemporaryFile() {
-        if (!path_.empty()) (void)::unlink(path_.c_str());
+        if (!path_.empty())
+            (void)::unlink(path_.c_str());
     }
     TemporaryFile(const TemporaryFile&) = delete;
     TemporaryFile& operator=(const TemporaryFile&) = delete;
@@ -40,7 +43,7 @@ public:
     void own(std::string path) { path_ = std::move(path); }
     void release() { path_.clear(); }  // renamed into place: nothing left to remove
 
-private:
+  private:
     std::string path_;
 };
 
@@ -63,7 +66,8 @@ std::string temporary_name(const std::filesystem::path& target) {
 Status fsync_path(const std::string& path, bool directory) {
     const int flags = O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
     const int fd = ::open(path.c_str(), flags);
-    if (fd < 0) return Status::io_error(path + ": cannot open to sync: " + errno_text(errno));
+    if (fd < 0)
+        return Status::io_error(path + ": cannot open to sync: " + errno_text(errno));
     const int result = ::fsync(fd);
     const int error = errno;
     ::close(fd);
@@ -83,10 +87,12 @@ long temporary_owner(const std::string& rest) {
         return -1;
     }
     for (size_t i = 0; i < dash; ++i) {
-        if (!std::isdigit(static_cast<unsigned char>(rest[i]))) return -1;
+        if (!std::isdigit(static_cast<unsigned char>(rest[i])))
+            return -1;
     }
     for (size_t i = dash + 1; i < rest.size(); ++i) {
-        if (!std::isxdigit(static_cast<unsigned char>(rest[i]))) return -1;
+        if (!std::isxdigit(static_cast<unsigned char>(rest[i])))
+            return -1;
     }
     return std::strtol(rest.substr(0, dash).c_str(), nullptr, 10);
 }
@@ -97,11 +103,11 @@ std::string temporary_prefix(const std::string& path) {
     return prefix_in_dir(std::filesystem::path(path)) + std::to_string(::getpid()) + "-";
 }
 
-Status publish_atomically(const std::string& path,
-                          const std::function<Status(hid_t file)>& write,
+Status publish_atomically(const std::string& path, const std::function<Status(hid_t file)>& write,
                           const std::function<Status()>& before_rename) {
     const std::filesystem::path target(path);
-    if (target.filename().empty()) return Status::invalid_argument(path + ": names no file");
+    if (target.filename().empty())
+        return Status::invalid_argument(path + ": names no file");
 
     // 1. Everything under a fresh temporary name beside the target.
     const std::string temporary = temporary_name(target);
@@ -117,28 +123,34 @@ Status publish_atomically(const std::string& path,
         cleanup.own(temporary);
         File file;
         Status s = create_file_exclusive(temporary, &file);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         s = write(file.get());
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         // 2. H5Fclose is where HDF5 writes the metadata; a failure here is a failed save.
-        if (file.close() < 0) return io_failure(Where{temporary, ""}, "H5Fclose failed");
+        if (file.close() < 0)
+            return io_failure(Where{temporary, ""}, "H5Fclose failed");
     }
 
     // 3. Make the bytes durable, publish them under the final name, make the rename durable.
     Status s = fsync_path(temporary, false);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (before_rename) {
         s = before_rename();
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-        return Status::io_error("renaming " + temporary + " to " + path + " failed: " +
-                                errno_text(errno));
+        return Status::io_error("renaming " + temporary + " to " + path +
+                                " failed: " + errno_text(errno));
     }
     cleanup.release();
     const std::string directory = target.parent_path().string();
     s = fsync_path(directory.empty() ? "." : directory, true);
-    if (!s.is_ok()) return s.with_context("saved, but not yet durable");
+    if (!s.is_ok())
+        return s.with_context("saved, but not yet durable");
     return Status::ok();
 }
 
@@ -146,23 +158,30 @@ void remove_stale_temporaries(const std::string& path, std::vector<std::string>*
     const std::filesystem::path target(path);
     const std::string prefix = prefix_in_dir(target);
     std::string directory = target.parent_path().string();
-    if (directory.empty()) directory = ".";
+    if (directory.empty())
+        directory = ".";
     DIR* dir = ::opendir(directory.c_str());
-    if (dir == nullptr) return;
+    if (dir == nullptr)
+        return;
     std::vector<std::string> stale;
     while (const dirent* entry = ::readdir(dir)) {
         const std::string name = entry->d_name;
-        if (name.compare(0, prefix.size(), prefix) != 0) continue;
+        if (name.compare(0, prefix.size(), prefix) != 0)
+            continue;
         const long pid = temporary_owner(name.substr(prefix.size()));
-        if (pid <= 0) continue;
+        if (pid <= 0)
+            continue;
         // Alive (or not ours to signal: EPERM) means someone may still be writing it.
-        if (pid == static_cast<long>(::getpid())) continue;
-        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+        if (pid == static_cast<long>(::getpid()))
+            continue;
+        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH)
+            continue;
         stale.push_back((std::filesystem::path(directory) / name).string());
     }
     ::closedir(dir);
     for (const std::string& file : stale) {
-        if (::unlink(file.c_str()) == 0 && removed != nullptr) removed->push_back(file);
+        if (::unlink(file.c_str()) == 0 && removed != nullptr)
+            removed->push_back(file);
     }
 }
 

@@ -74,13 +74,14 @@ uint32_t crc32_of(const void* data, size_t bytes) {
 
 // The checksums of the datasets written into one file, by absolute path.
 class Checksums {
-public:
+  public:
     void add(const std::string& path, const void* data, size_t bytes) {
         values_[path] = crc32_of(data, bytes);
     }
     std::string json() const {
         nlohmann::json datasets = nlohmann::json::object();
-        for (const auto& [path, crc] : values_) datasets[path] = crc;
+        for (const auto& [path, crc] : values_)
+            datasets[path] = crc;
         return nlohmann::json{{"algorithm", "crc32"}, {"datasets", datasets}}.dump();
     }
     static Status parse(const std::string& path, const std::string& text,
@@ -88,7 +89,8 @@ public:
         const auto j = nlohmann::json::parse(text, nullptr, false);
         if (j.is_discarded() || !j.is_object() || j.value("algorithm", "") != "crc32" ||
             !j.contains("datasets") || !j["datasets"].is_object()) {
-            return Status::corruption(path + ": /kiln: the 'checksums' attribute is not kiln's "
+            return Status::corruption(path +
+                                      ": /kiln: the 'checksums' attribute is not kiln's "
                                       "{\"algorithm\": \"crc32\", \"datasets\": {...}}");
         }
         out->clear();
@@ -102,14 +104,15 @@ public:
         return Status::ok();
     }
 
-private:
+  private:
     std::map<std::string, uint32_t> values_;
 };
 
 // Elements of a shape (io/ keeps off tensor.cpp, as hdf5_util does).
 int64_t element_count(const Shape& shape) {
     int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    for (int64_t d : shape)
+        n *= d;
     return n;
 }
 
@@ -124,14 +127,17 @@ std::string hex32(uint32_t v) {
 Status write_scalar_attribute(hid_t obj, const h5::Where& where, const std::string& name,
                               hid_t file_type, hid_t memory_type, const void* value) {
     h5::Dataspace space(H5Screate(H5S_SCALAR));
-    if (!space.valid()) return h5::io_failure(where, "H5Screate(H5S_SCALAR) failed");
-    h5::Attribute attr(H5Acreate2(obj, name.c_str(), file_type, space.get(), H5P_DEFAULT,
-                                  H5P_DEFAULT));
-    if (!attr.valid()) return h5::io_failure(where, "cannot create attribute '" + name + "'");
+    if (!space.valid())
+        return h5::io_failure(where, "H5Screate(H5S_SCALAR) failed");
+    h5::Attribute attr(
+        H5Acreate2(obj, name.c_str(), file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT));
+    if (!attr.valid())
+        return h5::io_failure(where, "cannot create attribute '" + name + "'");
     if (H5Awrite(attr.get(), memory_type, value) < 0) {
         return h5::io_failure(where, "cannot write attribute '" + name + "'");
     }
-    if (attr.close() < 0) return h5::io_failure(where, "H5Aclose('" + name + "') failed");
+    if (attr.close() < 0)
+        return h5::io_failure(where, "H5Aclose('" + name + "') failed");
     return Status::ok();
 }
 
@@ -145,17 +151,22 @@ Status read_scalar_attribute(hid_t obj, const h5::Where& where, const std::strin
                              hid_t memory_type, void* value) {
     bool exists = false;
     Status s = h5::attribute_exists(obj, where, name, &exists);
-    if (!s.is_ok()) return s;
-    if (!exists) return Status::corruption(where.str() + ": no attribute '" + name + "'");
+    if (!s.is_ok())
+        return s;
+    if (!exists)
+        return Status::corruption(where.str() + ": no attribute '" + name + "'");
     h5::Attribute attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
-    if (!attr.valid()) return h5::format_failure(where, "cannot open attribute '" + name + "'");
+    if (!attr.valid())
+        return h5::format_failure(where, "cannot open attribute '" + name + "'");
     h5::Dataspace space(H5Aget_space(attr.get()));
-    if (!space.valid()) return h5::format_failure(where, "H5Aget_space failed for " + name);
+    if (!space.valid())
+        return h5::format_failure(where, "H5Aget_space failed for " + name);
     if (H5Sget_simple_extent_npoints(space.get()) != 1) {
         return Status::corruption(where.str() + ": attribute '" + name + "' is not one number");
     }
     h5::Datatype type(H5Aget_type(attr.get()));
-    if (!type.valid()) return h5::format_failure(where, "H5Aget_type failed for " + name);
+    if (!type.valid())
+        return h5::format_failure(where, "H5Aget_type failed for " + name);
     const H5T_class_t cls = H5Tget_class(type.get());
     if (cls != H5T_INTEGER && cls != H5T_FLOAT) {
         return Status::corruption(where.str() + ": attribute '" + name + "' is not a number");
@@ -172,21 +183,25 @@ Status write_vector_dataset(hid_t loc, const h5::Where& where, const std::string
                             const void* values) {
     const h5::Where at = where.child(name);
     h5::Dataspace space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
-    if (!space.valid()) return h5::io_failure(at, "cannot create the dataspace");
+    if (!space.valid())
+        return h5::io_failure(at, "cannot create the dataspace");
     h5::PropList dcpl(H5Pcreate(H5P_DATASET_CREATE));
     if (!dcpl.valid() || H5Pset_obj_track_times(dcpl.get(), 0) < 0) {
         return h5::io_failure(at, "cannot make the dataset creation properties");
     }
     h5::Dataset dataset(H5Dcreate2(loc, name.c_str(), file_type, space.get(), H5P_DEFAULT,
                                    dcpl.get(), H5P_DEFAULT));
-    if (!dataset.valid()) return h5::io_failure(at, "H5Dcreate2 failed");
+    if (!dataset.valid())
+        return h5::io_failure(at, "H5Dcreate2 failed");
     hsize_t count = 1;
-    for (hsize_t d : dims) count *= d;
+    for (hsize_t d : dims)
+        count *= d;
     if (count > 0 &&
         H5Dwrite(dataset.get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0) {
         return h5::io_failure(at, "H5Dwrite failed");
     }
-    if (dataset.close() < 0) return h5::io_failure(at, "H5Dclose failed");
+    if (dataset.close() < 0)
+        return h5::io_failure(at, "H5Dclose failed");
     return Status::ok();
 }
 
@@ -198,14 +213,19 @@ Status read_raw_dataset(hid_t loc, const h5::Where& where, const std::string& na
     const h5::Where at = where.child(name);
     bool exists = false;
     Status s = h5::check_hard_path(loc, where, name, &exists);
-    if (!s.is_ok()) return s;
-    if (!exists) return Status::not_found(at.str() + ": no such dataset");
+    if (!s.is_ok())
+        return s;
+    if (!exists)
+        return Status::not_found(at.str() + ": no such dataset");
     h5::Dataset dataset(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-    if (!dataset.valid()) return h5::format_failure(at, "cannot open as a dataset");
+    if (!dataset.valid())
+        return h5::format_failure(at, "cannot open as a dataset");
     h5::Dataspace space(H5Dget_space(dataset.get()));
-    if (!space.valid()) return h5::format_failure(at, "H5Dget_space failed");
+    if (!space.valid())
+        return h5::format_failure(at, "H5Dget_space failed");
     const int rank = H5Sget_simple_extent_ndims(space.get());
-    if (rank < 0) return h5::format_failure(at, "H5Sget_simple_extent_ndims failed");
+    if (rank < 0)
+        return h5::format_failure(at, "H5Sget_simple_extent_ndims failed");
     std::vector<hsize_t> dims(static_cast<size_t>(rank));
     if (rank > 0 && H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) < 0) {
         return h5::format_failure(at, "H5Sget_simple_extent_dims failed");
@@ -221,30 +241,35 @@ Status read_raw_dataset(hid_t loc, const h5::Where& where, const std::string& na
         shape->push_back(static_cast<int64_t>(d));
     }
     h5::Datatype type(H5Dget_type(dataset.get()));
-    if (!type.valid()) return h5::format_failure(at, "H5Dget_type failed");
+    if (!type.valid())
+        return h5::format_failure(at, "H5Dget_type failed");
     const uint64_t declared = static_cast<uint64_t>(count) * H5Tget_size(type.get());
     h5::PropList dcpl(H5Dget_create_plist(dataset.get()));
-    if (!dcpl.valid()) return h5::format_failure(at, "H5Dget_create_plist failed");
+    if (!dcpl.valid())
+        return h5::format_failure(at, "H5Dget_create_plist failed");
     if (H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS && declared > 0 &&
         H5Dget_storage_size(dataset.get()) < declared) {
-        return Status::corruption(at.str() + ": stores fewer bytes than its shape declares "
+        return Status::corruption(at.str() +
+                                  ": stores fewer bytes than its shape declares "
                                   "(truncated, or never written)");
     }
     bytes->assign(static_cast<size_t>(count) * element_size, 0);
-    if (count > 0 && H5Dread(dataset.get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                             bytes->data()) < 0) {
+    if (count > 0 &&
+        H5Dread(dataset.get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes->data()) < 0) {
         return h5::format_failure(at, "cannot read the values");
     }
     return Status::ok();
 }
 
 // The stored element type of a dataset: class and size.
-Status dataset_type(hid_t loc, const h5::Where& where, const std::string& name,
-                    H5T_class_t* cls, size_t* size) {
+Status dataset_type(hid_t loc, const h5::Where& where, const std::string& name, H5T_class_t* cls,
+                    size_t* size) {
     h5::Dataset dataset(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-    if (!dataset.valid()) return h5::format_failure(where.child(name), "cannot open");
+    if (!dataset.valid())
+        return h5::format_failure(where.child(name), "cannot open");
     h5::Datatype type(H5Dget_type(dataset.get()));
-    if (!type.valid()) return h5::format_failure(where.child(name), "H5Dget_type failed");
+    if (!type.valid())
+        return h5::format_failure(where.child(name), "H5Dget_type failed");
     *cls = H5Tget_class(type.get());
     *size = H5Tget_size(type.get());
     return Status::ok();
@@ -253,22 +278,29 @@ Status dataset_type(hid_t loc, const h5::Where& where, const std::string& name,
 // Every dataset below `group_path` (absolute, "/model_weights"), recursively, by absolute path.
 Status list_datasets(hid_t file, const std::string& path, const std::string& group_path,
                      std::vector<std::string>* out, int depth = 0) {
-    if (depth > 16) return Status::corruption(path + ": " + group_path + ": nested too deeply");
+    if (depth > 16)
+        return Status::corruption(path + ": " + group_path + ": nested too deeply");
     const h5::Where root{path, "/"};
     h5::Group group;
     Status s = h5::open_group(file, root, group_path, &group);
-    if (s.code() == Status::Code::kNotFound) return Status::ok();
-    if (!s.is_ok()) return s;
+    if (s.code() == Status::Code::kNotFound)
+        return Status::ok();
+    if (!s.is_ok())
+        return s;
     const h5::Where where{path, group_path};
     std::vector<std::string> names;
     s = h5::list_children(group.get(), where, H5I_DATASET, &names);
-    if (!s.is_ok()) return s;
-    for (const auto& n : names) out->push_back(group_path + "/" + n);
+    if (!s.is_ok())
+        return s;
+    for (const auto& n : names)
+        out->push_back(group_path + "/" + n);
     s = h5::list_children(group.get(), where, H5I_GROUP, &names);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     for (const auto& n : names) {
         s = list_datasets(file, path, group_path + "/" + n, out, depth + 1);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     return Status::ok();
 }
@@ -287,12 +319,16 @@ ChecksumResult verify_dataset(hid_t file, const std::string& path, const std::st
     }
     H5T_class_t cls = H5T_NO_CLASS;
     size_t size = 0;
-    if (s.is_ok()) s = dataset_type(file, root, dataset, &cls, &size);
+    if (s.is_ok())
+        s = dataset_type(file, root, dataset, &cls, &size);
     hid_t memory_type = -1;
     if (s.is_ok()) {
-        if (cls == H5T_FLOAT && size == 4) memory_type = H5T_NATIVE_FLOAT;
-        if (cls == H5T_FLOAT && size == 8) memory_type = H5T_NATIVE_DOUBLE;
-        if (cls == H5T_INTEGER && size == 8) memory_type = H5T_NATIVE_INT64;
+        if (cls == H5T_FLOAT && size == 4)
+            memory_type = H5T_NATIVE_FLOAT;
+        if (cls == H5T_FLOAT && size == 8)
+            memory_type = H5T_NATIVE_DOUBLE;
+        if (cls == H5T_INTEGER && size == 8)
+            memory_type = H5T_NATIVE_INT64;
         if (memory_type < 0) {
             r.detail = "holds a type kiln does not write";
             return r;
@@ -300,14 +336,16 @@ ChecksumResult verify_dataset(hid_t file, const std::string& path, const std::st
     }
     Shape shape;
     std::vector<unsigned char> bytes;
-    if (s.is_ok()) s = read_raw_dataset(file, root, dataset, memory_type, size, &shape, &bytes);
+    if (s.is_ok())
+        s = read_raw_dataset(file, root, dataset, memory_type, size, &shape, &bytes);
     if (!s.is_ok()) {
         r.detail = "cannot be read: " + s.message();
         return r;
     }
     const uint32_t actual = crc32_of(bytes.data(), bytes.size());
     r.ok = actual == expected;
-    if (!r.ok) r.detail = "stored crc32 " + hex32(expected) + ", computed " + hex32(actual);
+    if (!r.ok)
+        r.detail = "stored crc32 " + hex32(expected) + ", computed " + hex32(actual);
     return r;
 }
 
@@ -318,13 +356,16 @@ Status verify_checksums(hid_t file, const std::string& path, const std::string& 
                         std::vector<ChecksumResult>* results) {
     std::vector<std::string> present;
     Status s = list_datasets(file, path, weights_root, &present);
-    if (s.is_ok()) s = list_datasets(file, path, std::string("/") + kKilnGroup, &present);
-    if (!s.is_ok()) return s;
+    if (s.is_ok())
+        s = list_datasets(file, path, std::string("/") + kKilnGroup, &present);
+    if (!s.is_ok())
+        return s;
     for (const auto& [dataset, crc] : recorded) {
         results->push_back(verify_dataset(file, path, dataset, crc));
     }
     for (const std::string& dataset : present) {
-        if (recorded.count(dataset)) continue;
+        if (recorded.count(dataset))
+            continue;
         ChecksumResult r;
         r.dataset = dataset;
         r.detail = "has no checksum recorded in /kiln";
@@ -333,8 +374,7 @@ Status verify_checksums(hid_t file, const std::string& path, const std::string& 
     return Status::ok();
 }
 
-Status first_checksum_failure(const std::string& path,
-                              const std::vector<ChecksumResult>& results) {
+Status first_checksum_failure(const std::string& path, const std::vector<ChecksumResult>& results) {
     for (const ChecksumResult& r : results) {
         if (!r.ok) {
             return Status::corruption(path + ": dataset " + r.dataset + " " + r.detail +
@@ -347,8 +387,8 @@ Status first_checksum_failure(const std::string& path,
 // ---- the kiln group -------------------------------------------------------------------------
 
 struct KilnExtras {
-    std::string kind;                // "model" or "weights"
-    std::string model_config_json;   // weights files only
+    std::string kind;               // "model" or "weights"
+    std::string model_config_json;  // weights files only
     std::string training_config_json;
 };
 
@@ -357,7 +397,8 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
     const h5::Where root{path, "/"};
     h5::Group group;
     Status s = h5::create_group(file, root, kKilnGroup, &group);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const h5::Where where = root.child(kKilnGroup);
     const hid_t g = group.get();
     TrainingState none;
@@ -365,12 +406,18 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
     const TrainingState& st = state ? *state : none;
 
     s = write_int_attribute(g, where, "format_version", kFormatVersion);
-    if (s.is_ok()) s = h5::write_string_attribute(g, where, "kiln_version", KILN_VERSION);
-    if (s.is_ok()) s = h5::write_string_attribute(g, where, "kind", extras.kind);
-    if (s.is_ok()) s = write_int_attribute(g, where, "resumable", st.resumable ? 1 : 0);
-    if (s.is_ok()) s = write_int_attribute(g, where, "epoch", st.epoch);
-    if (s.is_ok()) s = write_int_attribute(g, where, "batch", st.batch);
-    if (s.is_ok()) s = write_int_attribute(g, where, "step", st.step);
+    if (s.is_ok())
+        s = h5::write_string_attribute(g, where, "kiln_version", KILN_VERSION);
+    if (s.is_ok())
+        s = h5::write_string_attribute(g, where, "kind", extras.kind);
+    if (s.is_ok())
+        s = write_int_attribute(g, where, "resumable", st.resumable ? 1 : 0);
+    if (s.is_ok())
+        s = write_int_attribute(g, where, "epoch", st.epoch);
+    if (s.is_ok())
+        s = write_int_attribute(g, where, "batch", st.batch);
+    if (s.is_ok())
+        s = write_int_attribute(g, where, "step", st.step);
     if (s.is_ok()) {
         s = write_scalar_attribute(g, where, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &st.seed);
     }
@@ -378,11 +425,12 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
         s = write_scalar_attribute(g, where, "learning_rate", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE,
                                    &st.learning_rate);
     }
-    if (s.is_ok()) s = h5::write_string_attribute(g, where, "optimizer", st.optimizer);
+    if (s.is_ok())
+        s = h5::write_string_attribute(g, where, "optimizer", st.optimizer);
     if (s.is_ok()) {
-        s = h5::write_string_attribute(g, where, "callbacks_state",
-                                       st.callbacks_state_json.empty() ? "{}"
-                                                                       : st.callbacks_state_json);
+        s = h5::write_string_attribute(
+            g, where, "callbacks_state",
+            st.callbacks_state_json.empty() ? "{}" : st.callbacks_state_json);
     }
     if (s.is_ok()) {
         s = h5::write_string_attribute(g, where, "fit_args",
@@ -394,21 +442,22 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
     if (s.is_ok() && !extras.training_config_json.empty()) {
         s = h5::write_string_attribute(g, where, "training_config", extras.training_config_json);
     }
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     // the optimizer's state
     if (st.optimizer_slots > 0) {
         const size_t per_slot = st.optimizer_state.size() / size_t(st.optimizer_slots);
         if (per_slot * size_t(st.optimizer_slots) != st.optimizer_state.size()) {
-            return Status::invalid_argument(where.str() + ": optimizer state of " +
-                                            std::to_string(st.optimizer_state.size()) +
-                                            " values is not " +
-                                            std::to_string(st.optimizer_slots) + " equal slots");
+            return Status::invalid_argument(
+                where.str() + ": optimizer state of " + std::to_string(st.optimizer_state.size()) +
+                " values is not " + std::to_string(st.optimizer_slots) + " equal slots");
         }
         const std::vector<hsize_t> dims = {hsize_t(st.optimizer_slots), hsize_t(per_slot)};
         s = write_vector_dataset(g, where, "optimizer_state", dims, H5T_IEEE_F32LE,
                                  H5T_NATIVE_FLOAT, st.optimizer_state.data());
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         sums->add("/kiln/optimizer_state", st.optimizer_state.data(),
                   st.optimizer_state.size() * sizeof(float));
     }
@@ -417,11 +466,13 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
     std::vector<int64_t> epochs(st.history_epochs.begin(), st.history_epochs.end());
     s = write_vector_dataset(g, where, "history_epoch", {hsize_t(epochs.size())}, H5T_STD_I64LE,
                              H5T_NATIVE_INT64, epochs.data());
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     sums->add("/kiln/history_epoch", epochs.data(), epochs.size() * sizeof(int64_t));
     h5::Group history;
     s = h5::create_group(g, where, "history", &history);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const h5::Where history_where = where.child("history");
     std::vector<std::string> keys;
     for (const auto& [key, values] : st.history) {
@@ -431,59 +482,74 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
         }
         s = write_vector_dataset(history.get(), history_where, key, {hsize_t(values.size())},
                                  H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, values.data());
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         sums->add("/kiln/history/" + key, values.data(), values.size() * sizeof(double));
         keys.push_back(key);
     }
     s = h5::write_string_list_attribute(history.get(), history_where, "keys", keys);
-    if (!s.is_ok()) return s;
-    if (history.close() < 0) return h5::io_failure(history_where, "H5Gclose failed");
+    if (!s.is_ok())
+        return s;
+    if (history.close() < 0)
+        return h5::io_failure(history_where, "H5Gclose failed");
 
     // last, the checksums of everything above and of the weights
     s = h5::write_string_attribute(g, where, "checksums", sums->json());
-    if (!s.is_ok()) return s;
-    if (group.close() < 0) return h5::io_failure(where, "H5Gclose failed");
+    if (!s.is_ok())
+        return s;
+    if (group.close() < 0)
+        return h5::io_failure(where, "H5Gclose failed");
     return Status::ok();
 }
 
 // Reads the kiln group's training state (without verifying; the caller verifies).
-Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st,
-                       KilnExtras* extras, std::map<std::string, uint32_t>* checksums,
-                       bool read_optimizer_state) {
+Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st, KilnExtras* extras,
+                       std::map<std::string, uint32_t>* checksums, bool read_optimizer_state) {
     const h5::Where root{path, "/"};
     h5::Group group;
     Status s = h5::open_group(file, root, kKilnGroup, &group);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const h5::Where where = root.child(kKilnGroup);
     const hid_t g = group.get();
 
     int64_t version = 0, resumable = 0, epoch = 0;
     s = read_scalar_attribute(g, where, "format_version", H5T_NATIVE_INT64, &version);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (version < 1 || version > kFormatVersion) {
         return Status::unsupported(where.str() + ": format_version " + std::to_string(version) +
                                    " is newer than this kiln reads (" +
                                    std::to_string(kFormatVersion) + "); upgrade kiln");
     }
     s = h5::read_string_attribute(g, where, "kiln_version", &st->kiln_version);
-    if (s.is_ok()) s = h5::read_string_attribute(g, where, "kind", &extras->kind);
-    if (s.is_ok()) s = read_scalar_attribute(g, where, "resumable", H5T_NATIVE_INT64, &resumable);
-    if (s.is_ok()) s = read_scalar_attribute(g, where, "epoch", H5T_NATIVE_INT64, &epoch);
-    if (s.is_ok()) s = read_scalar_attribute(g, where, "batch", H5T_NATIVE_INT64, &st->batch);
-    if (s.is_ok()) s = read_scalar_attribute(g, where, "step", H5T_NATIVE_INT64, &st->step);
-    if (s.is_ok()) s = read_scalar_attribute(g, where, "seed", H5T_NATIVE_UINT64, &st->seed);
+    if (s.is_ok())
+        s = h5::read_string_attribute(g, where, "kind", &extras->kind);
+    if (s.is_ok())
+        s = read_scalar_attribute(g, where, "resumable", H5T_NATIVE_INT64, &resumable);
+    if (s.is_ok())
+        s = read_scalar_attribute(g, where, "epoch", H5T_NATIVE_INT64, &epoch);
+    if (s.is_ok())
+        s = read_scalar_attribute(g, where, "batch", H5T_NATIVE_INT64, &st->batch);
+    if (s.is_ok())
+        s = read_scalar_attribute(g, where, "step", H5T_NATIVE_INT64, &st->step);
+    if (s.is_ok())
+        s = read_scalar_attribute(g, where, "seed", H5T_NATIVE_UINT64, &st->seed);
     if (s.is_ok()) {
-        s = read_scalar_attribute(g, where, "learning_rate", H5T_NATIVE_DOUBLE,
-                                  &st->learning_rate);
+        s = read_scalar_attribute(g, where, "learning_rate", H5T_NATIVE_DOUBLE, &st->learning_rate);
     }
-    if (s.is_ok()) s = h5::read_string_attribute(g, where, "optimizer", &st->optimizer);
+    if (s.is_ok())
+        s = h5::read_string_attribute(g, where, "optimizer", &st->optimizer);
     if (s.is_ok()) {
         s = h5::read_string_attribute(g, where, "callbacks_state", &st->callbacks_state_json);
     }
-    if (s.is_ok()) s = h5::read_string_attribute(g, where, "fit_args", &st->fit_args_json);
+    if (s.is_ok())
+        s = h5::read_string_attribute(g, where, "fit_args", &st->fit_args_json);
     std::string checksums_json;
-    if (s.is_ok()) s = h5::read_string_attribute(g, where, "checksums", &checksums_json);
-    if (!s.is_ok()) return s;
+    if (s.is_ok())
+        s = h5::read_string_attribute(g, where, "checksums", &checksums_json);
+    if (!s.is_ok())
+        return s;
     if (epoch < 0 || epoch > INT32_MAX || st->step < 0 || st->batch < 0) {
         return Status::corruption(where.str() + ": epoch " + std::to_string(epoch) + ", step " +
                                   std::to_string(st->step) + " are not counts");
@@ -491,7 +557,8 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st,
     st->epoch = static_cast<int>(epoch);
     st->resumable = resumable != 0;
     s = Checksums::parse(path, checksums_json, checksums);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     for (const char* name : {"model_config", "training_config"}) {
         bool exists = false;
         s = h5::attribute_exists(g, where, name, &exists);
@@ -501,13 +568,15 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st,
                                               ? &extras->model_config_json
                                               : &extras->training_config_json);
         }
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
 
     // the optimizer's state
     bool exists = false;
     s = h5::check_hard_path(g, where, "optimizer_state", &exists);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     st->optimizer_slots = 0;
     st->optimizer_state.clear();
     if (exists) {
@@ -516,7 +585,8 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st,
         if (read_optimizer_state) {
             s = read_raw_dataset(g, where, "optimizer_state", H5T_NATIVE_FLOAT, sizeof(float),
                                  &shape, &bytes);
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
             st->optimizer_state.resize(bytes.size() / sizeof(float));
             std::memcpy(st->optimizer_state.data(), bytes.data(), bytes.size());
         } else {
@@ -542,27 +612,31 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st,
     std::vector<unsigned char> bytes;
     s = read_raw_dataset(g, where, "history_epoch", H5T_NATIVE_INT64, sizeof(int64_t), &shape,
                          &bytes);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const size_t n_epochs = bytes.size() / sizeof(int64_t);
     std::vector<int64_t> epochs(n_epochs);
     std::memcpy(epochs.data(), bytes.data(), bytes.size());
     st->history_epochs.assign(epochs.begin(), epochs.end());
     h5::Group history;
     s = h5::open_group(g, where, "history", &history);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const h5::Where history_where = where.child("history");
     std::vector<std::string> keys;
     bool found = false;
     s = h5::read_string_list_attribute(history.get(), history_where, "keys", &keys, &found);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     st->history.clear();
     for (const std::string& key : keys) {
         if (key.empty() || key.find('/') != std::string::npos) {
             return Status::corruption(history_where.str() + ": invalid key '" + key + "'");
         }
-        s = read_raw_dataset(history.get(), history_where, key, H5T_NATIVE_DOUBLE,
-                             sizeof(double), &shape, &bytes);
-        if (!s.is_ok()) return s;
+        s = read_raw_dataset(history.get(), history_where, key, H5T_NATIVE_DOUBLE, sizeof(double),
+                             &shape, &bytes);
+        if (!s.is_ok())
+            return s;
         std::vector<double> values(bytes.size() / sizeof(double));
         std::memcpy(values.data(), bytes.data(), bytes.size());
         if (values.size() != n_epochs) {
@@ -596,18 +670,21 @@ Status write_weights_layout(hid_t file, const std::string& path, const SavedMode
                                         " entries of weights");
     }
     std::vector<std::string> classes;
-    for (size_t i = 1; i < layers.size(); ++i) classes.push_back(layers[i].class_name);
+    for (size_t i = 1; i < layers.size(); ++i)
+        classes.push_back(layers[i].class_name);
     const std::vector<std::string> keys = keras_weight_keys(classes);
 
     // the model's own (empty) vars group: Keras 3.0-3.5 fail to load a file without it
     h5::Group vars;
     Status s = h5::create_group(file, root, "vars", &vars);
-    if (s.is_ok()) s = h5::write_string_attribute(vars.get(), root.child("vars"), "name",
-                                                  model.config.name);
-    if (!s.is_ok()) return s;
+    if (s.is_ok())
+        s = h5::write_string_attribute(vars.get(), root.child("vars"), "name", model.config.name);
+    if (!s.is_ok())
+        return s;
     h5::Group layers_group;
     s = h5::create_group(file, root, "layers", &layers_group);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     for (size_t i = 0; i < keys.size(); ++i) {
         const LayerWeights& lw = model.weights[first + i];
         const std::string group_path = "layers/" + keys[i] + "/vars";
@@ -617,7 +694,8 @@ Status write_weights_layout(hid_t file, const std::string& path, const SavedMode
         if (s.is_ok()) {
             s = h5::write_string_attribute(group.get(), where, "name", layers[i + 1].name);
         }
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         for (size_t j = 0; j < lw.weights.size(); ++j) {
             const NamedArray& a = lw.weights[j];
             if (static_cast<int64_t>(a.values.size()) != element_count(a.shape)) {
@@ -628,11 +706,13 @@ Status write_weights_layout(hid_t file, const std::string& path, const SavedMode
             }
             const std::string name = std::to_string(j);
             s = h5::write_float_dataset(group.get(), where, name, a.shape, a.values.data());
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
             sums->add("/" + group_path + "/" + name, a.values.data(),
                       a.values.size() * sizeof(float));
         }
-        if (group.close() < 0) return h5::io_failure(where, "H5Gclose failed");
+        if (group.close() < 0)
+            return h5::io_failure(where, "H5Gclose failed");
     }
     return Status::ok();
 }
@@ -644,7 +724,8 @@ Status sorted_var_names(const std::string& where, std::vector<std::string> names
     for (const std::string& n : names) {
         if (n.empty() || n.size() > 9 ||
             !std::all_of(n.begin(), n.end(), [](char c) { return std::isdigit(uint8_t(c)); })) {
-            return Status::corruption(where + ": dataset '" + n + "' is not a Keras variable "
+            return Status::corruption(where + ": dataset '" + n +
+                                      "' is not a Keras variable "
                                       "index");
         }
         numbered.emplace_back(std::stol(n), n);
@@ -661,19 +742,21 @@ Status sorted_var_names(const std::string& where, std::vector<std::string> names
     return Status::ok();
 }
 
-Status read_weights_layout(hid_t file, const std::string& path,
-                           std::vector<LayerWeights>* layers) {
+Status read_weights_layout(hid_t file, const std::string& path, std::vector<LayerWeights>* layers) {
     const h5::Where root{path, "/"};
     h5::Group group;
     Status s = h5::open_group(file, root, "layers", &group);
     if (s.code() == Status::Code::kNotFound) {
-        return Status::corruption(path + ": no 'layers' group; not a Keras 3 weights file (a "
+        return Status::corruption(path +
+                                  ": no 'layers' group; not a Keras 3 weights file (a "
                                   "legacy weights file must not be named *.weights.h5)");
     }
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     std::vector<std::string> keys;
     s = h5::list_children(group.get(), root.child("layers"), H5I_GROUP, &keys);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     layers->clear();
     for (const std::string& key : keys) {
         LayerWeights lw;
@@ -685,18 +768,22 @@ Status read_weights_layout(hid_t file, const std::string& path,
             layers->push_back(std::move(lw));  // a weightless layer Keras wrote no vars for
             continue;
         }
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         const h5::Where where = root.child(vars_path);
         std::vector<std::string> names, ordered;
         s = h5::list_children(vars.get(), where, H5I_DATASET, &names);
-        if (s.is_ok()) s = sorted_var_names(where.str(), names, &ordered);
-        if (!s.is_ok()) return s;
+        if (s.is_ok())
+            s = sorted_var_names(where.str(), names, &ordered);
+        if (!s.is_ok())
+            return s;
         for (const std::string& name : ordered) {
             NamedArray a;
             a.name = name;
             h5::DatasetInfo info;
             s = h5::read_float_dataset(vars.get(), where, name, &info, &a.values);
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
             a.shape = info.shape;
             lw.weights.push_back(std::move(a));
         }
@@ -726,7 +813,8 @@ Status pair_weights_with_config(const std::string& path, const ModelConfig& conf
         LayerWeights lw;
         lw.layer_name = config.layers[i + 1].name;
         for (const LayerWeights& k : keras_layers) {
-            if (k.layer_name == keys[i]) lw.weights = k.weights;
+            if (k.layer_name == keys[i])
+                lw.weights = k.weights;
         }
         out->push_back(std::move(lw));
     }
@@ -748,7 +836,8 @@ Status read_checkpoint(const std::string& path, bool strict, bool read_optimizer
     h5::HDF5Session session;
     h5::File file;
     Status s = h5::open_file_read(path, &file);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     const hid_t f = file.get();
     CheckpointContents contents;
     contents.weights_only = is_weights_file_name(path);
@@ -759,17 +848,22 @@ Status read_checkpoint(const std::string& path, bool strict, bool read_optimizer
     if (has_kiln_group(f, path)) {
         TrainingState st;
         s = read_kiln_group(f, path, &st, &extras, &recorded, read_optimizer_state);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         std::vector<ChecksumResult> results;
         s = verify_checksums(f, path, contents.weights_only ? "/layers" : "/model_weights",
                              recorded, &results);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         if (strict) {
             s = first_checksum_failure(path, results);
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
         }
-        if (checks) *checks = std::move(results);
-        if (writer) *writer = "kiln " + st.kiln_version;
+        if (checks)
+            *checks = std::move(results);
+        if (writer)
+            *writer = "kiln " + st.kiln_version;
         contents.training = std::move(st);
     } else if (writer) {
         bool exists = false;
@@ -781,19 +875,23 @@ Status read_checkpoint(const std::string& path, bool strict, bool read_optimizer
     // 2. The weights, by the file's kind.
     if (contents.weights_only) {
         s = read_weights_layout(f, path, &contents.keras_layers);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         if (!extras.model_config_json.empty()) {
             s = model_config_from_json(extras.model_config_json, &contents.model.config);
-            if (!s.is_ok()) return s.with_context(path + ": /kiln model_config");
+            if (!s.is_ok())
+                return s.with_context(path + ": /kiln model_config");
             contents.model.training_config_json = extras.training_config_json;
             s = pair_weights_with_config(path, contents.model.config, contents.keras_layers,
                                          &contents.model.weights);
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
             contents.has_config = true;
         }
     } else {
         s = read_model_h5(f, path, &contents.model);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         contents.has_config = true;
     }
     *out = std::move(contents);
@@ -807,7 +905,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-bool is_weights_file_name(const std::string& path) { return ends_with(path, kWeightsSuffix); }
+bool is_weights_file_name(const std::string& path) {
+    return ends_with(path, kWeightsSuffix);
+}
 
 std::vector<std::string> keras_weight_keys(const std::vector<std::string>& class_names) {
     // keras.src.utils.naming.to_snake_case: drop non-word characters, then "_" before an upper
@@ -822,7 +922,8 @@ std::vector<std::string> keras_weight_keys(const std::vector<std::string>& class
         std::string name = std::regex_replace(class_name, non_word, "");
         name = std::regex_replace(name, word_start, "$1_$2");
         name = std::regex_replace(name, camel, "$1_$2");
-        for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        for (char& c : name)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         auto it = used.find(name);
         if (it == used.end()) {
             used[name] = 0;
@@ -841,8 +942,8 @@ Status save_checkpoint(const std::string& path, const SavedModel& model, bool we
 
 Status save_checkpoint(const std::string& path, const SavedModel& model, bool weights_only,
                        const TrainingState* state, const std::function<Status()>& before_rename) {
-    const std::string context = path + ": cannot save the " +
-                                std::string(weights_only ? "weights" : "model");
+    const std::string context =
+        path + ": cannot save the " + std::string(weights_only ? "weights" : "model");
     if (weights_only != is_weights_file_name(path)) {
         return Status::invalid_argument(
             context + (weights_only ? ": a weights-only file must be named *.weights.h5 (Keras "
@@ -853,7 +954,8 @@ Status save_checkpoint(const std::string& path, const SavedModel& model, bool we
     // Validate before touching the disk.
     if (!weights_only) {
         Status s = check_model_h5(model);
-        if (!s.is_ok()) return s.with_context(context);
+        if (!s.is_ok())
+            return s.with_context(context);
     }
     if (state != nullptr && state->optimizer_slots > 0 &&
         state->optimizer_state.size() % size_t(state->optimizer_slots) != 0) {
@@ -862,27 +964,31 @@ Status save_checkpoint(const std::string& path, const SavedModel& model, bool we
     }
 
     h5::HDF5Session session;
-    Status s = h5::publish_atomically(path, [&](hid_t file) {
-        Checksums sums;
-        KilnExtras extras;
-        Status w;
-        if (weights_only) {
-            extras.kind = "weights";
-            extras.model_config_json = model_config_to_json(model.config);
-            extras.training_config_json = model.training_config_json;
-            w = write_weights_layout(file, path, model, &sums);
-        } else {
-            extras.kind = "model";
-            std::vector<WrittenWeight> written;
-            w = write_model_h5(file, path, model, &written);
-            for (const WrittenWeight& ww : written) {
-                sums.add(ww.path, ww.array->values.data(),
-                         ww.array->values.size() * sizeof(float));
+    Status s = h5::publish_atomically(
+        path,
+        [&](hid_t file) {
+            Checksums sums;
+            KilnExtras extras;
+            Status w;
+            if (weights_only) {
+                extras.kind = "weights";
+                extras.model_config_json = model_config_to_json(model.config);
+                extras.training_config_json = model.training_config_json;
+                w = write_weights_layout(file, path, model, &sums);
+            } else {
+                extras.kind = "model";
+                std::vector<WrittenWeight> written;
+                w = write_model_h5(file, path, model, &written);
+                for (const WrittenWeight& ww : written) {
+                    sums.add(ww.path, ww.array->values.data(),
+                             ww.array->values.size() * sizeof(float));
+                }
             }
-        }
-        if (!w.is_ok()) return w;
-        return write_kiln_group(file, path, state, extras, &sums);
-    }, before_rename);
+            if (!w.is_ok())
+                return w;
+            return write_kiln_group(file, path, state, extras, &sums);
+        },
+        before_rename);
     return s.with_context(context);
 }
 
@@ -897,7 +1003,8 @@ Status inspect_checkpoint(const std::string& path, CheckpointInfo* out) {
     info.path = path;
     Status s = read_checkpoint(path, /*strict=*/false, /*read_optimizer_state=*/false, &contents,
                                &info.checksums, &info.writer);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     info.weights_only = contents.weights_only;
     info.written_by_kiln = contents.training.has_value();
     info.has_config = contents.has_config;

@@ -11,7 +11,8 @@ namespace {
 
 // Dataset paths are shown and resolved from the root: "x_train" and "/x_train" are the same.
 std::string absolute(const std::string& path) {
-    if (path.empty()) return "/";
+    if (path.empty())
+        return "/";
     return path[0] == '/' ? path : "/" + path;
 }
 
@@ -22,7 +23,8 @@ Status load_hdf5_array(const std::string& file, const std::string& dataset, Arra
     const std::string path = absolute(dataset);
     h5::File handle;
     Status s = h5::open_file_read(file, &handle);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     h5::DatasetInfo info;
     Array array;
@@ -32,12 +34,14 @@ Status load_hdf5_array(const std::string& file, const std::string& dataset, Arra
         std::vector<std::string> names;
         if (list_hdf5_datasets(file, "/", &names).is_ok() && !names.empty()) {
             std::string listed;
-            for (const std::string& name : names) listed += (listed.empty() ? "" : ", ") + name;
+            for (const std::string& name : names)
+                listed += (listed.empty() ? "" : ", ") + name;
             return Status::not_found(s.message() + " (datasets at the root: " + listed + ")");
         }
         return s;
     }
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     array.shape = std::move(info.shape);
     array.source = file + ":" + path;
@@ -52,13 +56,15 @@ Status list_hdf5_datasets(const std::string& file, const std::string& group,
     h5::HDF5Session session;
     h5::File handle;
     Status s = h5::open_file_read(file, &handle);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
 
     const std::string path = absolute(group);
     const h5::Where where{file, path};
     h5::Group opened;
     s = h5::open_group(handle.get(), h5::Where{file, "/"}, path, &opened);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     return h5::list_children(opened.get(), where, H5I_DATASET, names);
 }
 

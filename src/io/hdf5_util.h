@@ -27,7 +27,7 @@ namespace h5 {
 // `close()` where the result matters, as for H5Fclose, which is when metadata reaches the file.
 template <herr_t (*Close)(hid_t)>
 class Handle {
-public:
+  public:
     Handle() = default;
     explicit Handle(hid_t id) : id_(id) {}
     ~Handle() { (void)close(); }
@@ -55,13 +55,14 @@ public:
 
     // Closes now. Returns HDF5's result (negative on failure); closing nothing succeeds.
     herr_t close() noexcept {
-        if (id_ < 0) return 0;
+        if (id_ < 0)
+            return 0;
         herr_t result = Close(id_);
         id_ = H5I_INVALID_HID;
         return result;
     }
 
-private:
+  private:
     hid_t id_ = H5I_INVALID_HID;
 };
 
@@ -82,10 +83,10 @@ using Object = Handle<H5Oclose>;  // anything opened with H5Oopen
 // in a thread-safe build the error stack and its printing settings are per thread, so doing it
 // once at start-up would not cover the checkpoint writer thread.
 class HDF5Session {
-public:
+  public:
     HDF5Session();
 
-private:
+  private:
     std::unique_lock<std::recursive_mutex> lock_;
 };
 
@@ -176,8 +177,8 @@ struct DatasetInfo {
 // Reads the numeric dataset `name` (a path below `loc`) converted to float32 by HDF5. The declared
 // shape is checked against kMaxDatasetElements and against the bytes the file actually stores
 // before any allocation; virtual and external datasets are refused.
-Status read_float_dataset(hid_t loc, const Where& where, const std::string& name,
-                          DatasetInfo* info, std::vector<float>* values);
+Status read_float_dataset(hid_t loc, const Where& where, const std::string& name, DatasetInfo* info,
+                          std::vector<float>* values);
 
 // Writes `values` (shape_elements(shape) of them) as a contiguous little-endian float32 dataset,
 // creating intermediate groups of a `name` like "dense/kernel:0". An empty shape is a scalar.

@@ -46,8 +46,8 @@ constexpr const char* kSupportedClasses =
     "GlobalAveragePooling2D, BatchNormalization, Reshape";
 constexpr size_t kMaxJsonFileBytes = size_t{64} << 20;
 
-const std::set<std::string> kActivations = {"linear", "relu",    "sigmoid", "tanh",
-                                            "softmax", "gelu",   "elu",     "leaky_relu"};
+const std::set<std::string> kActivations = {"linear",  "relu", "sigmoid", "tanh",
+                                            "softmax", "gelu", "elu",     "leaky_relu"};
 
 // An initializer kiln implements: its name in LayerConfig (also Keras's string alias), its Keras
 // class, and the config Keras writes for its default arguments. Only default arguments are
@@ -89,19 +89,25 @@ constexpr VarianceScalingSpec kVarianceScaling[] = {
 
 // Keys a layer of any class may carry that change nothing kiln computes (or that kiln checks
 // below): Keras's base-Layer arguments and the input-shape hints of a first layer.
-const std::set<std::string> kCommonLayerKeys = {
-    "name",  "trainable",        "dtype",      "autocast",  "activity_regularizer",
-    "batch_input_shape", "batch_size", "input_shape", "input_dim"};
+const std::set<std::string> kCommonLayerKeys = {"name",
+                                                "trainable",
+                                                "dtype",
+                                                "autocast",
+                                                "activity_regularizer",
+                                                "batch_input_shape",
+                                                "batch_size",
+                                                "input_shape",
+                                                "input_dim"};
 
 const std::set<std::string> kInputLayerKeys = {
-    "name",  "trainable", "dtype",  "batch_shape", "batch_input_shape", "shape",
-    "input_shape", "batch_size", "sparse", "ragged", "optional", "input_tensor"};
+    "name",        "trainable",  "dtype",  "batch_shape", "batch_input_shape", "shape",
+    "input_shape", "batch_size", "sparse", "ragged",      "optional",          "input_tensor"};
 
 const std::map<std::string, std::set<std::string>> kClassKeys = {
     {"Dense",
      {"units", "activation", "use_bias", "kernel_initializer", "bias_initializer",
-      "kernel_regularizer", "bias_regularizer", "kernel_constraint", "bias_constraint",
-      "lora_rank", "lora_alpha", "quantization_config"}},
+      "kernel_regularizer", "bias_regularizer", "kernel_constraint", "bias_constraint", "lora_rank",
+      "lora_alpha", "quantization_config"}},
     {"Activation", {"activation"}},
     {"Dropout", {"rate", "noise_shape", "seed"}},
     {"Flatten", {"data_format"}},
@@ -113,17 +119,33 @@ const std::map<std::string, std::set<std::string>> kClassKeys = {
     {"AveragePooling2D", {"pool_size", "strides", "padding", "data_format"}},
     {"GlobalAveragePooling2D", {"data_format", "keepdims"}},
     {"BatchNormalization",
-     {"axis", "momentum", "epsilon", "center", "scale", "beta_initializer", "gamma_initializer",
-      "moving_mean_initializer", "moving_variance_initializer", "beta_regularizer",
-      "gamma_regularizer", "beta_constraint", "gamma_constraint", "synchronized", "renorm",
-      "renorm_clipping", "renorm_momentum", "fused", "virtual_batch_size", "adjustment"}},
+     {"axis",
+      "momentum",
+      "epsilon",
+      "center",
+      "scale",
+      "beta_initializer",
+      "gamma_initializer",
+      "moving_mean_initializer",
+      "moving_variance_initializer",
+      "beta_regularizer",
+      "gamma_regularizer",
+      "beta_constraint",
+      "gamma_constraint",
+      "synchronized",
+      "renorm",
+      "renorm_clipping",
+      "renorm_momentum",
+      "fused",
+      "virtual_batch_size",
+      "adjustment"}},
     {"Reshape", {"target_shape"}},
 };
 
 // Keys of the object around a layer's config (Keras 3 adds module, registered_name and
 // build_config; tf.keras functional models add a layer-level name).
-const std::set<std::string> kLayerEntryKeys = {"class_name", "config", "module", "registered_name",
-                                               "build_config", "name"};
+const std::set<std::string> kLayerEntryKeys = {"class_name",      "config",       "module",
+                                               "registered_name", "build_config", "name"};
 
 Status invalid(const std::string& where, const std::string& message) {
     return Status::invalid_argument("model config: " + where + ": " + message);
@@ -135,7 +157,8 @@ Status unsupported(const std::string& where, const std::string& message) {
 
 std::string join(const std::set<std::string>& names) {
     std::string text;
-    for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
+    for (const std::string& name : names)
+        text += (text.empty() ? "" : ", ") + name;
     return text;
 }
 
@@ -144,7 +167,8 @@ std::string join(const std::set<std::string>& names) {
 std::string to_snake_case(const std::string& class_name) {
     std::string snake = std::regex_replace(class_name, std::regex("(.)([A-Z][a-z]+)"), "$1_$2");
     snake = std::regex_replace(snake, std::regex("([a-z])([A-Z])"), "$1_$2");
-    for (char& c : snake) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (char& c : snake)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return snake;
 }
 
@@ -174,13 +198,15 @@ bool as_int64(const json& value, int64_t* out) {
 }
 
 Status get_bool(const json& value, const std::string& where, const std::string& key, bool* out) {
-    if (!value.is_boolean()) return invalid(where, "'" + key + "' must be true or false");
+    if (!value.is_boolean())
+        return invalid(where, "'" + key + "' must be true or false");
     *out = value.get<bool>();
     return Status::ok();
 }
 
 Status require_null(const json& value, const std::string& where, const std::string& key) {
-    if (value.is_null()) return Status::ok();
+    if (value.is_null())
+        return Status::ok();
     return unsupported(where, "'" + key + "' is not supported (it must be null)");
 }
 
@@ -189,10 +215,12 @@ Status require_null(const json& value, const std::string& where, const std::stri
 json float_to_json(float value) {
     char buffer[64];
     auto [end, error] = std::to_chars(buffer, buffer + sizeof(buffer), value);
-    if (error != std::errc()) return static_cast<double>(value);
+    if (error != std::errc())
+        return static_cast<double>(value);
     double widened = 0.0;
     auto parsed = std::from_chars(buffer, end, widened);
-    if (parsed.ec != std::errc()) return static_cast<double>(value);
+    if (parsed.ec != std::errc())
+        return static_cast<double>(value);
     return widened;
 }
 
@@ -202,7 +230,8 @@ json float_to_json(float value) {
 // number, ignored); the rest, the shape of one sample, must be known positive sizes.
 Status parse_shape(const json& value, bool with_batch, const std::string& where,
                    const std::string& key, Shape* out) {
-    if (!value.is_array()) return invalid(where, "'" + key + "' must be a list");
+    if (!value.is_array())
+        return invalid(where, "'" + key + "' must be a list");
     size_t first = with_batch ? 1 : 0;
     if (with_batch && value.empty()) {
         return invalid(where, "'" + key + "' is empty (it needs the batch dimension first)");
@@ -220,7 +249,8 @@ Status parse_shape(const json& value, bool with_batch, const std::string& where,
         }
         shape.push_back(dim);
     }
-    if (shape.empty()) return invalid(where, "'" + key + "' gives no per-sample dimensions");
+    if (shape.empty())
+        return invalid(where, "'" + key + "' gives no per-sample dimensions");
     *out = std::move(shape);
     return Status::ok();
 }
@@ -229,7 +259,8 @@ Status parse_shape(const json& value, bool with_batch, const std::string& where,
 // kiln computes in float32. The mixed policies keep float32 variables, so their weights load
 // exactly; kiln then computes in float32 where Keras would use 16 bits.
 Status check_dtype(const json& value, const std::string& where) {
-    if (value.is_null()) return Status::ok();
+    if (value.is_null())
+        return Status::ok();
     std::string name;
     if (value.is_string()) {
         name = value.get<std::string>();
@@ -253,8 +284,8 @@ Status parse_activation(const json& value, const std::string& where, std::string
         return Status::ok();
     }
     if (!value.is_string()) {
-        return unsupported(where, "'activation' must be the name of a built-in activation, not " +
-                                      value.dump());
+        return unsupported(
+            where, "'activation' must be the name of a built-in activation, not " + value.dump());
     }
     // Only the names kiln's shared math implements; Keras's others (swish, selu, ...) would
     // otherwise be trained as something else.
@@ -269,7 +300,8 @@ Status parse_activation(const json& value, const std::string& where, std::string
 
 const InitializerSpec* find_initializer(const std::string& name_or_class) {
     for (const InitializerSpec& spec : kInitializers) {
-        if (name_or_class == spec.name || name_or_class == spec.class_name) return &spec;
+        if (name_or_class == spec.name || name_or_class == spec.class_name)
+            return &spec;
     }
     return nullptr;
 }
@@ -286,13 +318,13 @@ bool has_default_arguments(const json& config, const json& defaults, std::string
         if (item.key() == "seed" && (item.value().is_null() || item.value().is_number_integer())) {
             continue;  // a seed only makes initialisation reproducible; kiln seeds its own RNG
         }
-        if (is_default_fan_axes(item.key(), item.value())) continue;
+        if (is_default_fan_axes(item.key(), item.value()))
+            continue;
         // Compared as doubles: Keras writes the same decimal text ("0.05") that the defaults
         // here hold, so equal text parses to the equal double.
         auto expected = defaults.find(item.key());
         bool same = expected != defaults.end() && item.value().is_number() &&
-                    expected->is_number() &&
-                    item.value().get<double>() == expected->get<double>();
+                    expected->is_number() && item.value().get<double>() == expected->get<double>();
         if (!same) {
             *offending = item.key() + "=" + item.value().dump();
             return false;
@@ -301,8 +333,8 @@ bool has_default_arguments(const json& config, const json& defaults, std::string
     return true;
 }
 
-Status parse_variance_scaling(const json& config, const std::string& where,
-                              const std::string& key, std::string* out) {
+Status parse_variance_scaling(const json& config, const std::string& where, const std::string& key,
+                              std::string* out) {
     double scale = 1.0;
     std::string mode = "fan_in", distribution = "truncated_normal";
     for (const auto& item : config.items()) {
@@ -350,15 +382,20 @@ Status parse_initializer(const json& value, const std::string& where, const std:
         return Status::ok();
     }
     if (!value.is_object() || !value.contains("class_name") || !value["class_name"].is_string()) {
-        return invalid(where, "'" + key + "' must be an initializer name or a {class_name, "
-                                          "config} object, not " + value.dump());
+        return invalid(where, "'" + key +
+                                  "' must be an initializer name or a {class_name, "
+                                  "config} object, not " +
+                                  value.dump());
     }
     const std::string class_name = value["class_name"].get<std::string>();
     json config = json::object();
-    if (value.contains("config") && !value["config"].is_null()) config = value["config"];
-    if (!config.is_object()) return invalid(where, "'" + key + "' config must be an object");
+    if (value.contains("config") && !value["config"].is_null())
+        config = value["config"];
+    if (!config.is_object())
+        return invalid(where, "'" + key + "' config must be an object");
 
-    if (class_name == "VarianceScaling") return parse_variance_scaling(config, where, key, out);
+    if (class_name == "VarianceScaling")
+        return parse_variance_scaling(config, where, key, out);
     const InitializerSpec* spec = find_initializer(class_name);
     if (spec == nullptr) {
         return unsupported(where, "'" + key + "' " + class_name +
@@ -380,7 +417,8 @@ Status parse_initializer(const json& value, const std::string& where, const std:
 // the document's layer list from 0.
 std::string describe_layer(size_t index, const std::string& name, const std::string& class_name) {
     std::string text = "layer " + std::to_string(index) + " (";
-    if (!name.empty()) text += "'" + name + "', ";
+    if (!name.empty())
+        text += "'" + name + "', ";
     return text + class_name + ")";
 }
 
@@ -415,24 +453,30 @@ Status parse_input_layer(const json& config, const std::string& where, LayerConf
                           {"input_shape", false}};
     bool found = false;
     for (const Form& form : forms) {
-        if (!config.contains(form.key) || config[form.key].is_null()) continue;
-        Status s = parse_shape(config[form.key], form.with_batch, where, form.key,
-                               &layer->input_shape);
-        if (!s.is_ok()) return s;
+        if (!config.contains(form.key) || config[form.key].is_null())
+            continue;
+        Status s =
+            parse_shape(config[form.key], form.with_batch, where, form.key, &layer->input_shape);
+        if (!s.is_ok())
+            return s;
         found = true;
         break;
     }
-    if (!found) return invalid(where, "InputLayer has no 'batch_shape' or 'batch_input_shape'");
+    if (!found)
+        return invalid(where, "InputLayer has no 'batch_shape' or 'batch_input_shape'");
 
     for (const char* flag : {"sparse", "ragged", "optional"}) {
-        if (!config.contains(flag) || config[flag].is_null()) continue;
+        if (!config.contains(flag) || config[flag].is_null())
+            continue;
         bool on = false;
         Status s = get_bool(config[flag], where, flag, &on);
-        if (!s.is_ok()) return s;
-        if (on) return unsupported(where, std::string("'") + flag + "' inputs are not supported");
+        if (!s.is_ok())
+            return s;
+        if (on)
+            return unsupported(where, std::string("'") + flag + "' inputs are not supported");
     }
-    if (config.contains("input_tensor")) return require_null(config["input_tensor"], where,
-                                                             "input_tensor");
+    if (config.contains("input_tensor"))
+        return require_null(config["input_tensor"], where, "input_tensor");
     return Status::ok();
 }
 
@@ -442,27 +486,33 @@ Status parse_kernel_arguments(const json& config, const std::string& where, Laye
     Status s;
     if (config.contains("activation")) {
         s = parse_activation(config["activation"], where, &layer->activation);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (config.contains("use_bias")) {
         s = get_bool(config["use_bias"], where, "use_bias", &layer->use_bias);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (config.contains("kernel_initializer")) {
         s = parse_initializer(config["kernel_initializer"], where, "kernel_initializer",
                               &layer->kernel_initializer);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (config.contains("bias_initializer")) {
         s = parse_initializer(config["bias_initializer"], where, "bias_initializer",
                               &layer->bias_initializer);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     for (const char* key : {"kernel_regularizer", "bias_regularizer", "kernel_constraint",
                             "bias_constraint", "quantization_config"}) {
-        if (!config.contains(key)) continue;
+        if (!config.contains(key))
+            continue;
         s = require_null(config[key], where, key);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     // LoRA (Keras 3.2+) adds trainable low-rank factors; rank 0 or null means it is off, and
     // lora_alpha then means nothing.
@@ -476,7 +526,8 @@ Status parse_kernel_arguments(const json& config, const std::string& where, Laye
 }
 
 Status parse_dense(const json& config, const std::string& where, LayerConfig* layer) {
-    if (!config.contains("units")) return invalid(where, "Dense needs 'units'");
+    if (!config.contains("units"))
+        return invalid(where, "Dense needs 'units'");
     if (!as_int64(config["units"], &layer->units) || layer->units <= 0) {
         return invalid(where, "'units' must be a positive integer, not " + config["units"].dump());
     }
@@ -495,7 +546,8 @@ Status parse_dropout(const json& config, const std::string& where, LayerConfig* 
     layer->rate = static_cast<float>(rate);
     if (config.contains("noise_shape")) {
         Status s = require_null(config["noise_shape"], where, "noise_shape");
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (config.contains("seed") && !config["seed"].is_null()) {
         if (!as_int64(config["seed"], &layer->seed) || layer->seed < 0) {
@@ -507,11 +559,13 @@ Status parse_dropout(const json& config, const std::string& where, LayerConfig* 
 }
 
 Status parse_flatten(const json& config, const std::string& where) {
-    if (!config.contains("data_format") || config["data_format"].is_null()) return Status::ok();
+    if (!config.contains("data_format") || config["data_format"].is_null())
+        return Status::ok();
     const json& format = config["data_format"];
-    if (format.is_string() && format.get<std::string>() == "channels_last") return Status::ok();
-    return unsupported(where, "'data_format' " + format.dump() +
-                                  " is not supported (kiln uses channels_last)");
+    if (format.is_string() && format.get<std::string>() == "channels_last")
+        return Status::ok();
+    return unsupported(
+        where, "'data_format' " + format.dump() + " is not supported (kiln uses channels_last)");
 }
 
 // ---- the image layers -------------------------------------------------------------------------
@@ -524,8 +578,8 @@ Status parse_pair(const json& value, const std::string& where, const std::string
         b = a;
     } else if (!(value.is_array() && value.size() == 2 && as_int64(value[0], &a) &&
                  as_int64(value[1], &b))) {
-        return invalid(where, "'" + key + "' must be an integer or a list of two, not " +
-                                  value.dump());
+        return invalid(where,
+                       "'" + key + "' must be an integer or a list of two, not " + value.dump());
     }
     if (a <= 0 || b <= 0) {
         return invalid(where, "'" + key + "' must be positive, not " + value.dump());
@@ -536,10 +590,13 @@ Status parse_pair(const json& value, const std::string& where, const std::string
 
 // Keras lower-cases padding; 'causal' is Conv1D's.
 Status parse_padding(const json& config, const std::string& where, std::string* out) {
-    if (!config.contains("padding") || config["padding"].is_null()) return Status::ok();
-    if (!config["padding"].is_string()) return invalid(where, "'padding' must be a string");
+    if (!config.contains("padding") || config["padding"].is_null())
+        return Status::ok();
+    if (!config["padding"].is_string())
+        return invalid(where, "'padding' must be a string");
     std::string padding = config["padding"].get<std::string>();
-    for (char& c : padding) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (char& c : padding)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (padding != "valid" && padding != "same") {
         return unsupported(where, "padding " + config["padding"].dump() +
                                       " is not supported (kiln has 'valid' and 'same')");
@@ -550,25 +607,31 @@ Status parse_padding(const json& config, const std::string& where, std::string* 
 
 Status parse_conv2d(const json& config, const std::string& where, LayerConfig* layer) {
     Status s = parse_flatten(config, where);  // data_format: channels_last only
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (!config.contains("filters") || !as_int64(config["filters"], &layer->filters) ||
         layer->filters <= 0) {
         return invalid(where, "Conv2D needs a positive integer 'filters'");
     }
-    if (!config.contains("kernel_size")) return invalid(where, "Conv2D needs 'kernel_size'");
+    if (!config.contains("kernel_size"))
+        return invalid(where, "Conv2D needs 'kernel_size'");
     s = parse_pair(config["kernel_size"], where, "kernel_size", &layer->kernel_size);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     layer->strides = {1, 1};
     if (config.contains("strides") && !config["strides"].is_null()) {
         s = parse_pair(config["strides"], where, "strides", &layer->strides);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (config.contains("dilation_rate") && !config["dilation_rate"].is_null()) {
         s = parse_pair(config["dilation_rate"], where, "dilation_rate", &layer->dilation_rate);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     s = parse_padding(config, where, &layer->padding);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (config.contains("groups") && !config["groups"].is_null()) {
         int64_t groups = 0;
         if (!as_int64(config["groups"], &groups) || groups != 1) {
@@ -581,31 +644,34 @@ Status parse_conv2d(const json& config, const std::string& where, LayerConfig* l
 
 Status parse_pooling2d(const json& config, const std::string& where, LayerConfig* layer) {
     Status s = parse_flatten(config, where);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (config.contains("pool_size") && !config["pool_size"].is_null()) {
         s = parse_pair(config["pool_size"], where, "pool_size", &layer->pool_size);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     // strides None is the pool size.
     layer->strides = layer->pool_size;
     if (config.contains("strides") && !config["strides"].is_null()) {
         s = parse_pair(config["strides"], where, "strides", &layer->strides);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     return parse_padding(config, where, &layer->padding);
 }
 
 Status parse_global_pooling2d(const json& config, const std::string& where, LayerConfig* layer) {
     Status s = parse_flatten(config, where);
-    if (!s.is_ok()) return s;
+    if (!s.is_ok())
+        return s;
     if (config.contains("keepdims") && !config["keepdims"].is_null()) {
         return get_bool(config["keepdims"], where, "keepdims", &layer->keepdims);
     }
     return Status::ok();
 }
 
-Status parse_batch_normalization(const json& config, const std::string& where,
-                                 LayerConfig* layer) {
+Status parse_batch_normalization(const json& config, const std::string& where, LayerConfig* layer) {
     Status s;
     if (config.contains("axis") && !config["axis"].is_null()) {
         // tf.keras writes a list of one axis ([3]); kiln checks the value when it builds the
@@ -619,16 +685,19 @@ Status parse_batch_normalization(const json& config, const std::string& where,
     }
     for (const auto& [key, target] : {std::pair<const char*, float*>{"momentum", &layer->momentum},
                                       {"epsilon", &layer->epsilon}}) {
-        if (!config.contains(key) || config[key].is_null()) continue;
-        if (!config[key].is_number()) return invalid(where, std::string("'") + key +
-                                                                "' must be a number");
+        if (!config.contains(key) || config[key].is_null())
+            continue;
+        if (!config[key].is_number())
+            return invalid(where, std::string("'") + key + "' must be a number");
         *target = static_cast<float>(config[key].get<double>());
     }
-    for (const auto& [key, target] : {std::pair<const char*, bool*>{"center", &layer->center},
-                                      {"scale", &layer->scale}}) {
-        if (!config.contains(key) || config[key].is_null()) continue;
+    for (const auto& [key, target] :
+         {std::pair<const char*, bool*>{"center", &layer->center}, {"scale", &layer->scale}}) {
+        if (!config.contains(key) || config[key].is_null())
+            continue;
         s = get_bool(config[key], where, key, target);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     const std::pair<const char*, std::string*> initializers[] = {
         {"beta_initializer", &layer->beta_initializer},
@@ -636,22 +705,28 @@ Status parse_batch_normalization(const json& config, const std::string& where,
         {"moving_mean_initializer", &layer->moving_mean_initializer},
         {"moving_variance_initializer", &layer->moving_variance_initializer}};
     for (const auto& [key, target] : initializers) {
-        if (!config.contains(key)) continue;
+        if (!config.contains(key))
+            continue;
         s = parse_initializer(config[key], where, key, target);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
-    for (const char* key : {"beta_regularizer", "gamma_regularizer", "beta_constraint",
-                            "gamma_constraint", "renorm_clipping", "virtual_batch_size",
-                            "adjustment"}) {
-        if (!config.contains(key)) continue;
+    for (const char* key :
+         {"beta_regularizer", "gamma_regularizer", "beta_constraint", "gamma_constraint",
+          "renorm_clipping", "virtual_batch_size", "adjustment"}) {
+        if (!config.contains(key))
+            continue;
         s = require_null(config[key], where, key);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (config.contains("renorm") && !config["renorm"].is_null()) {
         bool renorm = false;
         s = get_bool(config["renorm"], where, "renorm", &renorm);
-        if (!s.is_ok()) return s;
-        if (renorm) return unsupported(where, "'renorm': true is not supported");
+        if (!s.is_ok())
+            return s;
+        if (renorm)
+            return unsupported(where, "'renorm': true is not supported");
     }
     // synchronized (across devices) and fused (TensorFlow's kernel choice) change nothing on
     // one device; renorm_momentum means nothing without renorm.
@@ -686,7 +761,8 @@ Status parse_reshape(const json& config, const std::string& where, LayerConfig* 
 Status parse_layer(const json& entry, size_t index, const std::string& default_name,
                    LayerConfig* layer, Shape* hint) {
     std::string where = "layer " + std::to_string(index);
-    if (!entry.is_object()) return invalid(where, "must be an object, not " + entry.dump());
+    if (!entry.is_object())
+        return invalid(where, "must be an object, not " + entry.dump());
     if (!entry.contains("class_name") || !entry["class_name"].is_string()) {
         return invalid(where, "has no 'class_name'");
     }
@@ -699,13 +775,17 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
 
     // The name first, so every later message can say which layer it is about.
     const json* name = nullptr;
-    if (config.contains("name")) name = &config["name"];
-    else if (entry.contains("name")) name = &entry["name"];
+    if (config.contains("name"))
+        name = &config["name"];
+    else if (entry.contains("name"))
+        name = &entry["name"];
     if (name != nullptr && !name->is_null()) {
-        if (!name->is_string()) return invalid(where, "'name' must be a string");
+        if (!name->is_string())
+            return invalid(where, "'name' must be a string");
         layer->name = name->get<std::string>();
     }
-    if (layer->name.empty()) layer->name = default_name;
+    if (layer->name.empty())
+        layer->name = default_name;
     where = describe_layer(index, layer->name, layer->class_name);
 
     for (const auto& item : entry.items()) {
@@ -718,14 +798,14 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
     if (entry.contains("module") && !entry["module"].is_null()) {
         std::string module = entry["module"].is_string() ? entry["module"].get<std::string>() : "";
         if (module.rfind("keras", 0) != 0 && module.rfind("tf_keras", 0) != 0) {
-            return unsupported(where, "custom layer from module " + entry["module"].dump() +
-                                          " is not supported");
+            return unsupported(
+                where, "custom layer from module " + entry["module"].dump() + " is not supported");
         }
     }
     if (entry.contains("registered_name") && !entry["registered_name"].is_null() &&
         entry["registered_name"] != entry["class_name"]) {
-        return unsupported(where, "custom layer registered as " +
-                                      entry["registered_name"].dump() + " is not supported");
+        return unsupported(where, "custom layer registered as " + entry["registered_name"].dump() +
+                                      " is not supported");
     }
 
     // Unknown arguments are refused rather than ignored: they may change what the layer does.
@@ -738,21 +818,24 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
     }
     for (const auto& item : config.items()) {
         const std::string& key = item.key();
-        bool known = is_input ? kInputLayerKeys.count(key) > 0
-                              : kCommonLayerKeys.count(key) > 0 ||
-                                    class_keys->second.count(key) > 0;
-        if (!known) return unsupported(where, "unknown argument '" + key + "'");
+        bool known = is_input
+                         ? kInputLayerKeys.count(key) > 0
+                         : kCommonLayerKeys.count(key) > 0 || class_keys->second.count(key) > 0;
+        if (!known)
+            return unsupported(where, "unknown argument '" + key + "'");
     }
 
     // The arguments every layer shares.
     if (config.contains("dtype")) {
         Status s = check_dtype(config["dtype"], where);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
     if (config.contains("trainable") && !config["trainable"].is_null()) {
         bool trainable = true;
         Status s = get_bool(config["trainable"], where, "trainable", &trainable);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         // Frozen weights would be trained anyway: refuse rather than differ from Keras.
         if (!trainable && (layer->class_name == "Dense" || layer->class_name == "Conv2D" ||
                            layer->class_name == "BatchNormalization")) {
@@ -764,16 +847,23 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
     }
     if (config.contains("activity_regularizer")) {
         Status s = require_null(config["activity_regularizer"], where, "activity_regularizer");
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
     }
 
-    if (is_input) return parse_input_layer(config, where, layer);
+    if (is_input)
+        return parse_input_layer(config, where, layer);
     Status s = parse_shape_hint(config, where, hint);
-    if (!s.is_ok()) return s;
-    if (layer->class_name == "Dense") return parse_dense(config, where, layer);
-    if (layer->class_name == "Dropout") return parse_dropout(config, where, layer);
-    if (layer->class_name == "Flatten") return parse_flatten(config, where);
-    if (layer->class_name == "Conv2D") return parse_conv2d(config, where, layer);
+    if (!s.is_ok())
+        return s;
+    if (layer->class_name == "Dense")
+        return parse_dense(config, where, layer);
+    if (layer->class_name == "Dropout")
+        return parse_dropout(config, where, layer);
+    if (layer->class_name == "Flatten")
+        return parse_flatten(config, where);
+    if (layer->class_name == "Conv2D")
+        return parse_conv2d(config, where, layer);
     if (layer->class_name == "MaxPooling2D" || layer->class_name == "AveragePooling2D") {
         return parse_pooling2d(config, where, layer);
     }
@@ -783,9 +873,11 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
     if (layer->class_name == "BatchNormalization") {
         return parse_batch_normalization(config, where, layer);
     }
-    if (layer->class_name == "Reshape") return parse_reshape(config, where, layer);
+    if (layer->class_name == "Reshape")
+        return parse_reshape(config, where, layer);
     // Activation
-    if (!config.contains("activation")) return invalid(where, "Activation needs 'activation'");
+    if (!config.contains("activation"))
+        return invalid(where, "Activation needs 'activation'");
     return parse_activation(config["activation"], where, &layer->activation);
 }
 
@@ -794,11 +886,13 @@ Status parse_layer(const json& entry, size_t index, const std::string& default_n
 void assign_default_names(std::vector<LayerConfig>* layers) {
     std::set<std::string> taken;
     for (const LayerConfig& layer : *layers) {
-        if (!layer.name.empty()) taken.insert(layer.name);
+        if (!layer.name.empty())
+            taken.insert(layer.name);
     }
     std::map<std::string, int> counters;
     for (LayerConfig& layer : *layers) {
-        if (!layer.name.empty()) continue;
+        if (!layer.name.empty())
+            continue;
         const std::string base = to_snake_case(layer.class_name);
         int& counter = counters[base];
         std::string candidate;
@@ -814,7 +908,8 @@ void assign_default_names(std::vector<LayerConfig>* layers) {
 // ---- the document ---------------------------------------------------------------------------
 
 Status parse_document(const json& doc, ModelConfig* out) {
-    if (!doc.is_object()) return Status::invalid_argument("model config: must be a JSON object");
+    if (!doc.is_object())
+        return Status::invalid_argument("model config: must be a JSON object");
 
     // {"class_name": "Sequential", "config": {...}} (possibly with keras_version, backend,
     // module, build_config around it), or the Sequential's config itself.
@@ -824,7 +919,8 @@ Status parse_document(const json& doc, ModelConfig* out) {
             return Status::unsupported("model config: model class " + doc["class_name"].dump() +
                                        " is not supported (kiln reads Sequential models)");
         }
-        if (!doc.contains("config")) return Status::invalid_argument("model config: no 'config'");
+        if (!doc.contains("config"))
+            return Status::invalid_argument("model config: no 'config'");
         config = &doc["config"];
     } else if (!doc.contains("layers")) {
         return Status::invalid_argument(
@@ -847,7 +943,8 @@ Status parse_document(const json& doc, ModelConfig* out) {
         layers = &(*config)["layers"];
         if (config->contains("dtype")) {
             Status s = check_dtype((*config)["dtype"], "the Sequential");
-            if (!s.is_ok()) return s;
+            if (!s.is_ok())
+                return s;
         }
         // A frozen model would be trained by kiln regardless, as would a frozen layer.
         if (config->contains("trainable") && (*config)["trainable"].is_boolean() &&
@@ -864,22 +961,25 @@ Status parse_document(const json& doc, ModelConfig* out) {
             build = &doc["build_config"]["input_shape"];
         }
         if (build != nullptr) {
-            Status s = parse_shape(*build, true, "the Sequential", "build_input_shape",
-                                   &build_shape);
-            if (!s.is_ok()) return s;
+            Status s =
+                parse_shape(*build, true, "the Sequential", "build_input_shape", &build_shape);
+            if (!s.is_ok())
+                return s;
         }
     }
     if (!layers->is_array()) {
         return Status::invalid_argument("model config: 'layers' must be a list");
     }
-    if (layers->empty()) return Status::invalid_argument("model config: the model has no layers");
+    if (layers->empty())
+        return Status::invalid_argument("model config: the model has no layers");
 
     // Keras's automatic names for unnamed layers, settled before parsing so that every
     // message can name its layer. A missing InputLayer is named too, being added below.
     const bool has_input = (*layers)[0].is_object() && (*layers)[0].contains("class_name") &&
                            (*layers)[0]["class_name"] == "InputLayer";
     std::vector<LayerConfig> names(has_input ? 0 : 1);
-    if (!has_input) names[0].class_name = "InputLayer";
+    if (!has_input)
+        names[0].class_name = "InputLayer";
     for (const json& entry : *layers) {
         LayerConfig stub;
         if (entry.is_object() && entry.contains("class_name") && entry["class_name"].is_string()) {
@@ -900,12 +1000,14 @@ Status parse_document(const json& doc, ModelConfig* out) {
         LayerConfig layer;
         Shape hint;
         Status s = parse_layer((*layers)[i], i, names[i + offset].name, &layer, &hint);
-        if (!s.is_ok()) return s;
+        if (!s.is_ok())
+            return s;
         if (layer.class_name == "InputLayer" && i != 0) {
             return invalid(describe_layer(i, layer.name, layer.class_name),
                            "an InputLayer must be the first layer");
         }
-        if (i == 0) first_hint = hint;
+        if (i == 0)
+            first_hint = hint;
         model.layers.push_back(std::move(layer));
     }
     if (model.layers[0].class_name != "InputLayer") {
@@ -927,15 +1029,16 @@ Status parse_document(const json& doc, ModelConfig* out) {
     std::map<std::string, size_t> seen;
     for (size_t i = 0; i < model.layers.size(); ++i) {
         const LayerConfig& layer = model.layers[i];
-        const std::string where = describe_layer(i - std::min(i, offset), layer.name,
-                                                 layer.class_name);
+        const std::string where =
+            describe_layer(i - std::min(i, offset), layer.name, layer.class_name);
         if (layer.name.find('/') != std::string::npos) {
             return invalid(where, "layer names must not contain '/'");
         }
         auto [it, inserted] = seen.emplace(layer.name, i);
         if (!inserted) {
-            return invalid(where, "the name '" + layer.name + "' is already used by another layer "
-                                  "(Keras requires unique names)");
+            return invalid(where, "the name '" + layer.name +
+                                      "' is already used by another layer "
+                                      "(Keras requires unique names)");
         }
     }
     *out = std::move(model);
@@ -952,8 +1055,8 @@ ordered_json initializer_to_json(const std::string& name) {
     ordered_json object = ordered_json::object();
     const InitializerSpec* spec = find_initializer(name);
     object["class_name"] = spec != nullptr ? spec->class_name : name;
-    object["config"] = spec != nullptr ? ordered_json::parse(spec->defaults)
-                                       : ordered_json::object();
+    object["config"] =
+        spec != nullptr ? ordered_json::parse(spec->defaults) : ordered_json::object();
     return object;
 }
 
@@ -973,7 +1076,8 @@ ordered_json layer_to_json(const LayerConfig& layer) {
         // batch_input_shape, not batch_shape: tf.keras 2 rejects the latter, Keras 3 converts.
         ordered_json shape = ordered_json::array();
         shape.push_back(nullptr);
-        for (int64_t d : layer.input_shape) shape.push_back(d);
+        for (int64_t d : layer.input_shape)
+            shape.push_back(d);
         config = ordered_json::object();
         config["batch_input_shape"] = shape;
         config["dtype"] = "float32";
@@ -1044,8 +1148,8 @@ ordered_json layer_to_json(const LayerConfig& layer) {
         config["moving_mean_initializer"] = initializer_to_json(layer.moving_mean_initializer);
         config["moving_variance_initializer"] =
             initializer_to_json(layer.moving_variance_initializer);
-        for (const char* key : {"beta_regularizer", "gamma_regularizer", "beta_constraint",
-                                "gamma_constraint"}) {
+        for (const char* key :
+             {"beta_regularizer", "gamma_regularizer", "beta_constraint", "gamma_constraint"}) {
             config[key] = nullptr;
         }
     } else if (layer.class_name == "Reshape") {
@@ -1084,12 +1188,14 @@ Status load_model_config(const std::string& path, ModelConfig* out) {
     std::ifstream in(path, std::ios::binary);
     if (!in) {
         int error = errno;
-        if (error == ENOENT) return Status::not_found(path + ": no such file");
+        if (error == ENOENT)
+            return Status::not_found(path + ": no such file");
         return Status::io_error(path + ": cannot open: " + std::strerror(error));
     }
     std::ostringstream text;
     text << in.rdbuf();
-    if (in.bad()) return Status::io_error(path + ": read failed");
+    if (in.bad())
+        return Status::io_error(path + ": read failed");
     // A model description is a few kilobytes; anything this large is the wrong file (a dataset
     // passed by mistake), better refused than parsed into memory as a DOM.
     if (text.tellp() > static_cast<std::streamoff>(kMaxJsonFileBytes)) {
@@ -1102,7 +1208,8 @@ std::string model_config_to_json(const ModelConfig& config) {
     std::vector<LayerConfig> layers = config.layers;
     assign_default_names(&layers);
     ordered_json layer_list = ordered_json::array();
-    for (const LayerConfig& layer : layers) layer_list.push_back(layer_to_json(layer));
+    for (const LayerConfig& layer : layers)
+        layer_list.push_back(layer_to_json(layer));
 
     ordered_json model = ordered_json::object();
     model["name"] = config.name.empty() ? "sequential" : config.name;

@@ -93,6 +93,12 @@ namespace {
 constexpr int64_t kChunkRows = 2048;
 // Patches of at most this many values take the direct path (see the top of the file).
 constexpr int64_t kDirectPatch = 32;
+// Filters per block of the direct path: 16 floats, one AVX-512 register (two AVX2 ones), so a
+// block's sums stay in registers across the taps instead of going through memory for each.
+constexpr int64_t kFilterBlock = 16;
+// Pixels whose filter gradients are added to the gradient row at once (fewer loads and stores
+// of the row per multiply-add).
+constexpr int64_t kPixelGroup = 4;
 // Rows per block of the batch-normalisation sums (their partial sums are added in block order).
 constexpr int64_t kNormBlockRows = 1024;
 // Below this many elements a loop stays on the calling thread (as in cpu_backend.cpp).
@@ -169,6 +175,35 @@ bool is_direct(const Conv2DGeometry& g) {
     return g.patch_size() <= kDirectPatch;
 }
 
+// 16 floats in GCC's vector types: one AVX-512 register (two AVX2 ones). The direct path's tiles
+// use them where GCC 12 left the plain loops scalar (it interchanged them and kept the
+// accumulators in memory, five times slower); the same operations in the same order.
+using Float16 = float __attribute__((vector_size(64)));
+
+inline Float16 load16(const float* p) {
+    Float16 v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+inline void store16(float* p, Float16 v) {
+    std::memcpy(p, &v, sizeof(v));
+}
+
+// C channel values from src to dst: inline vector moves for whole vectors of floats, where
+// copy_n would call memmove for each cell of each patch (128 bytes at a time for 32 channels).
+template <typename T>
+void copy_channels(const T* src, int64_t C, T* dst) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (C % kFilterBlock == 0) {
+            for (int64_t c = 0; c < C; c += kFilterBlock)
+                store16(dst + c, load16(src + c));
+            return;
+        }
+    }
+    std::copy_n(src, C, dst);
+}
+
 // The patch of output pixel (n, oh, ow): KH·KW·C values in (kh, kw, c) order, zero in the padding.
 template <typename T>
 void gather_patch(const Conv2DGeometry& g, const T* x, int64_t n, int64_t oh, int64_t ow,
@@ -196,7 +231,7 @@ void gather_patch(const Conv2DGeometry& g, const T* x, int64_t n, int64_t oh, in
                 // One value: an assignment, not a call to memmove (what copy_n becomes).
                 *patch = inside ? image[ih * g.in_w + iw] : T(0);
             } else if (inside) {
-                std::copy_n(image + (ih * g.in_w + iw) * C, C, patch);
+                copy_channels(image + (ih * g.in_w + iw) * C, C, patch);
             } else {
                 std::fill_n(patch, C, T(0));
             }
@@ -246,13 +281,6 @@ void col2im(const Conv2DGeometry& g, const T* dcol, int64_t n0, int64_t count, T
     }
 }
 
-// Filters per block of the direct path: 16 floats, one AVX-512 register (two AVX2 ones), so a
-// block's sums stay in registers across the taps instead of going through memory for each.
-constexpr int64_t kFilterBlock = 16;
-// Pixels whose filter gradients are added to the gradient row at once (fewer loads and stores
-// of the row per multiply-add).
-constexpr int64_t kPixelGroup = 4;
-
 // The patches of pixels [p0, p0 + group) (pixels counted over the whole batch), zero beyond.
 template <typename T>
 void gather_group(const Conv2DGeometry& g, const T* x, int64_t p0, int64_t group,
@@ -287,10 +315,12 @@ struct DirectTaps {
     // The window starts of pixels [p0, p0 + kPixelGroup), or false when the group does not
     // qualify.
     static bool interior(const Conv2DGeometry& g, const T* x, int64_t p0, const T** base) {
-        if (g.in_c != 1) return false;
+        if (g.in_c != 1)
+            return false;
         const int64_t pixels = g.out_h * g.out_w;
         const int64_t n = p0 / pixels;
-        if ((p0 + kPixelGroup - 1) / pixels != n) return false;
+        if ((p0 + kPixelGroup - 1) / pixels != n)
+            return false;
         const T* image = x + n * g.in_h * g.in_w;
         for (int64_t q = 0; q < kPixelGroup; ++q) {
             const int64_t p = (p0 + q) % pixels;
@@ -331,19 +361,6 @@ void direct_tile(const T* b0, const T* b1, const T* b2, const T* b3, const int64
     }
 }
 
-// The float tile in GCC's vector types: 16 floats, one AVX-512 register (two AVX2 ones). GCC 12
-// interchanged the loops of the generic version and kept its accumulators in memory, five times
-// slower; these four stay in registers. The same operations in the same order.
-using Float16 = float __attribute__((vector_size(64)));
-
-inline Float16 load16(const float* p) {
-    Float16 v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-inline void store16(float* p, Float16 v) { std::memcpy(p, &v, sizeof(v)); }
-
 template <>
 void direct_tile<float>(const float* b0, const float* b1, const float* b2, const float* b3,
                         const int64_t* offset, const float* kernel, int64_t K, int64_t F,
@@ -362,6 +379,48 @@ void direct_tile<float>(const float* b0, const float* b1, const float* b2, const
     store16(out + F, a1);
     store16(out + 2 * F, a2);
     store16(out + 3 * F, a3);
+}
+
+// dkernel rows t += (v0·d0 + v1·d1) + (v2·d2 + v3·d3) for the four pixels' taps read in place
+// (d_q = dy row of pixel q, F apart): one group of the direct filter gradient.
+template <typename T>
+void direct_filter_group(const T* b0, const T* b1, const T* b2, const T* b3, const int64_t* offset,
+                         const T* d, int64_t K, int64_t F, T* dkernel) {
+    for (int64_t t = 0; t < K; ++t) {
+        const int64_t o = offset[t];
+        const T v0 = b0[o], v1 = b1[o], v2 = b2[o], v3 = b3[o];
+        T* __restrict row = dkernel + t * F;
+        for (int64_t f = 0; f < F; ++f) {
+            row[f] += (v0 * d[f] + v1 * d[F + f]) + (v2 * d[2 * F + f] + v3 * d[3 * F + f]);
+        }
+    }
+}
+
+// The float group in vector types when F is a multiple of 16, as direct_tile<float>.
+template <>
+void direct_filter_group<float>(const float* b0, const float* b1, const float* b2, const float* b3,
+                                const int64_t* offset, const float* d, int64_t K, int64_t F,
+                                float* dkernel) {
+    if (F % kFilterBlock != 0) {
+        for (int64_t t = 0; t < K; ++t) {
+            const int64_t o = offset[t];
+            const float v0 = b0[o], v1 = b1[o], v2 = b2[o], v3 = b3[o];
+            float* __restrict row = dkernel + t * F;
+            for (int64_t f = 0; f < F; ++f) {
+                row[f] += (v0 * d[f] + v1 * d[F + f]) + (v2 * d[2 * F + f] + v3 * d[3 * F + f]);
+            }
+        }
+        return;
+    }
+    for (int64_t f0 = 0; f0 < F; f0 += kFilterBlock) {
+        const Float16 d0 = load16(d + f0), d1 = load16(d + F + f0);
+        const Float16 d2 = load16(d + 2 * F + f0), d3 = load16(d + 3 * F + f0);
+        for (int64_t t = 0; t < K; ++t) {
+            const int64_t o = offset[t];
+            float* row = dkernel + t * F + f0;
+            store16(row, load16(row) + ((b0[o] * d0 + b1[o] * d1) + (b2[o] * d2 + b3[o] * d3)));
+        }
+    }
 }
 
 // The direct forward pass of samples [n0, n0 + count): y row = Σ_t patch[t] · kernel row t, the
@@ -450,14 +509,7 @@ void direct_backward_filter(const Conv2DGeometry& g, const T* x, const T* dy, in
         const T* base[kPixelGroup];
         if (group == kPixelGroup && DirectTaps<T>::interior(g, x, p0, base)) {
             // The same sums as below, the taps read in place.
-            for (int64_t t = 0; t < K; ++t) {
-                const int64_t o = taps.offset[t];
-                const T v0 = base[0][o], v1 = base[1][o], v2 = base[2][o], v3 = base[3][o];
-                T* __restrict row = dkernel + t * F;
-                for (int64_t f = 0; f < F; ++f) {
-                    row[f] += (v0 * d[f] + v1 * d[F + f]) + (v2 * d[2 * F + f] + v3 * d[3 * F + f]);
-                }
-            }
+            direct_filter_group(base[0], base[1], base[2], base[3], taps.offset, d, K, F, dkernel);
             continue;
         }
         gather_group(g, x, p0, group, patches);

@@ -7,53 +7,24 @@
 //               [--batch-size B] [--data SPEC] [--threads N] [--early-stopping on|off]
 //               [--json FILE]
 //
-// An epoch is timed from its first step to the end of its validation pass, including the one
-// read that brings the epoch's figures to the host, so it is the time a user waits per epoch.
-// Warm-up epochs run first and are not timed. The median of the timed epochs is reported with
+// An epoch is timed as fit_timing.h says: its steps, its validation pass, the one read that
+// brings its figures to the host and the callbacks' work at its end, so it is the time a user
+// waits per epoch. Warm-up epochs run first and are not timed. `kiln bench` runs this and the
+// other cases of the suite (bench/suite.h). The median of the timed epochs is reported with
 // samples per second and the blocking device reads per epoch.
-#include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "fit_timing.h"
 #include "kiln/kiln.h"
 
 namespace {
-
-// Times each epoch and counts the backend's blocking reads across it.
-class EpochTimer : public kiln::Callback {
-  public:
-    void on_epoch_begin(int, const kiln::Logs&) override {
-        reads_at_begin_ = model_->backend().reads();
-        start_ = std::chrono::steady_clock::now();
-    }
-    void on_epoch_end(int, const kiln::Logs& logs) override {
-        seconds.push_back(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
-        reads.push_back(model_->backend().reads() - reads_at_begin_);
-        last = logs;
-    }
-
-    std::vector<double> seconds;
-    std::vector<uint64_t> reads;
-    kiln::Logs last;
-
-  private:
-    uint64_t reads_at_begin_ = 0;
-    std::chrono::steady_clock::time_point start_;
-};
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 int usage(const char* why) {
     std::fprintf(stderr,
@@ -115,37 +86,24 @@ int main(int argc, char** argv) {
         return 1;
     }
     try {
-        kiln::Sequential mlp({kiln::layers::Dense(256, "relu"), kiln::layers::Dense(128, "relu"),
-                              kiln::layers::Dense(10, "softmax")},
-                             kiln::layers::Input({784}));
-        kiln::Sequential cnn(kiln::presets::mnist_convnet());
-        kiln::Sequential& model = model_name == "cnn" ? cnn : mlp;
-        kiln::CompileOptions options;
-        options.device = device == "cuda"  ? kiln::DeviceChoice::kCuda
-                         : device == "cpu" ? kiln::DeviceChoice::kCpu
-                                           : kiln::DeviceChoice::kAuto;
-        model.compile(kiln::optimizers::Adam(), kiln::losses::SparseCategoricalCrossentropy(),
-                      {"accuracy"}, options);
-        auto timer = std::make_shared<EpochTimer>();
-        kiln::FitArgs args;
-        args.epochs = warmup + epochs;
+        const kiln::DeviceChoice choice = device == "cuda"  ? kiln::DeviceChoice::kCuda
+                                          : device == "cpu" ? kiln::DeviceChoice::kCpu
+                                                            : kiln::DeviceChoice::kAuto;
+        std::unique_ptr<kiln::Sequential> compiled = kiln::bench::compile_model(model_name, choice);
+        kiln::Sequential& model = *compiled;
+        kiln::bench::FitTimingArgs args;
         args.batch_size = batch;
-        args.validation_split = 0.1;
-        args.verbose = 0;
-        if (early_stopping) {
-            kiln::callbacks::EarlyStoppingArgs es;
-            es.patience = args.epochs + 1;
-            es.restore_best_weights = true;
-            args.callbacks.push_back(std::make_shared<kiln::callbacks::EarlyStopping>(es));
-        }
-        args.callbacks.push_back(timer);  // last, so an epoch's time includes the others' work
-        model.fit(data.train.x, data.train.y, args);
+        args.warmup_epochs = warmup;
+        args.epochs = epochs;
+        args.early_stopping = early_stopping;
+        const kiln::bench::FitTiming timing =
+            kiln::bench::time_fit(model, data.train.x, data.train.y, args);
 
-        const std::vector<double> timed(timer->seconds.begin() + warmup, timer->seconds.end());
-        const double med = median(timed);
-        const int64_t train_samples = static_cast<int64_t>(
-            std::floor(static_cast<double>(data.train.x.rows()) * (1.0 - args.validation_split)));
-        const uint64_t max_reads = *std::max_element(timer->reads.begin(), timer->reads.end());
+        const std::vector<double>& timed = timing.epoch_seconds;
+        const double med = timing.median_epoch();
+        const int64_t train_samples = timing.train_samples;
+        const uint64_t max_reads = timing.max_reads_per_epoch;
+        const kiln::Logs& last = timing.last;
 
         std::printf("kiln bench_fit: %s, %s\n", model_name.c_str(),
                     model.backend().description().c_str());
@@ -157,8 +115,8 @@ int main(int argc, char** argv) {
         std::printf("  median epoch: %.3f s (%.0f samples/s), device reads per epoch: %llu\n", med,
                     static_cast<double>(train_samples) / med,
                     static_cast<unsigned long long>(max_reads));
-        std::printf("  val_loss %.4f, val_accuracy %.4f\n", *timer->last.get("val_loss"),
-                    *timer->last.get("val_accuracy"));
+        std::printf("  val_loss %.4f, val_accuracy %.4f\n", *last.get("val_loss"),
+                    *last.get("val_accuracy"));
 
         if (!json_path.empty()) {
             nlohmann::json j = {
@@ -171,8 +129,8 @@ int main(int argc, char** argv) {
                 {"median_epoch_s", med},
                 {"samples_per_s", static_cast<double>(train_samples) / med},
                 {"host_reads_per_epoch", max_reads},
-                {"val_loss", *timer->last.get("val_loss")},
-                {"val_accuracy", *timer->last.get("val_accuracy")},
+                {"val_loss", *last.get("val_loss")},
+                {"val_accuracy", *last.get("val_accuracy")},
             };
             std::ofstream(json_path) << j.dump(2) << "\n";
         }

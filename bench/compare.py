@@ -35,6 +35,31 @@ PEERS = {"mlp": os.path.join(REPO, "bench", "peers", "torch_mlp.py"),
          "cnn": os.path.join(REPO, "bench", "peers", "torch_cnn.py")}
 
 
+def add_run_arguments(p, run_timeout):
+    """The flags compare.py and suite.py share: where the peers run and how each run is kept."""
+    p.add_argument("--python", default=sys.executable,
+                   help="the Python that runs the peers; it needs torch (default: this one)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--peer-modes",
+                   help="comma-separated torch_mlp.py modes (default: eager on cpu; "
+                        "eager,fused,graph,compile on cuda, compile last because it compiles "
+                        "longest)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for both engines (default: each engine's own, all cores)")
+    p.add_argument("--data", help="Fashion-MNIST folder for both engines (--data; also exported "
+                                  "as KILN_FASHION_MNIST_DIR)")
+    p.add_argument("--run-timeout", type=float, default=run_timeout,
+                   help="seconds one run may take before it is stopped (default: %(default)s)")
+    p.add_argument("--log-dir", help="save each run's output here")
+
+
+def resolve_peer_modes(args):
+    """--peer-modes as a list, its default chosen by --device."""
+    if args.peer_modes is None:
+        args.peer_modes = "eager" if args.device == "cpu" else "eager,fused,graph,compile"
+    args.peer_modes = [m for m in args.peer_modes.split(",") if m]
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kiln", default=os.path.join(REPO, "build", "bench", "bench_fit"),
@@ -42,31 +67,17 @@ def parse_args(argv):
     p.add_argument("--kiln-args", default="",
                    help="extra arguments for the kiln binary, one shell-quoted string "
                         "(write --kiln-args='--flag value')")
-    p.add_argument("--python", default=sys.executable,
-                   help="the Python that runs the peer; it needs torch (default: this one)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_run_arguments(p, run_timeout=300)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per run")
     p.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs first, per run")
     p.add_argument("--model", choices=sorted(PEERS), default="mlp",
                    help="mlp (the default recipe) or cnn (the convnet preset; its figures use "
                         "--batch-size 128); passed to bench_fit, and picks the peer")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--peer-modes",
-                   help="comma-separated torch_mlp.py modes (default: eager on cpu; "
-                        "eager,graph,compile on cuda, compile last because it compiles longest)")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads for both engines (default: each engine's own, all cores)")
-    p.add_argument("--data", help="Fashion-MNIST folder for both engines (--data; also exported "
-                                  "as KILN_FASHION_MNIST_DIR)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole sequence N times")
-    p.add_argument("--run-timeout", type=float, default=300,
-                   help="seconds one run may take before it is stopped (default: %(default)s)")
-    p.add_argument("--log-dir", help="save each run's output here as <engine>-<mode>-<round>.log")
     p.add_argument("--json", help="write everything here (rewritten after every run)")
     args = p.parse_args(argv)
-    if args.peer_modes is None:
-        args.peer_modes = "eager" if args.device == "cpu" else "eager,graph,compile"
-    args.peer_modes = [m for m in args.peer_modes.split(",") if m]
+    resolve_peer_modes(args)
     if args.epochs < 1 or args.warmup_epochs < 0 or args.rounds < 1:
         p.error("need --epochs >= 1, --warmup-epochs >= 0, --rounds >= 1")
     return args
@@ -219,11 +230,17 @@ def table(report):
         rows.append((name, fmt(r["median_epoch_s"], ".3f"), fmt(min(r["epoch_times_s"]), ".3f"),
                      fmt(r.get("samples_per_s"), ".0f"), fmt(r.get("val_loss"), ".4f"),
                      fmt(r.get("val_accuracy"), ".4f"), ratio))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines + failed)
+    return "\n".join([align(rows)] + failed)
+
+
+def align(rows, left=(0,)):
+    """rows[0] is the header: columns padded to their widest cell, those in `left` to the left
+    (the others, figures, to the right), and a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)
 
 
 def main(argv):

@@ -44,7 +44,9 @@ template <typename T>
 KILN_HD T activation_forward(Activation kind, T alpha, T x) {
     switch (kind) {
         case Activation::kRelu:
-            return x > T(0) ? x : T(0);
+            // NaN passes through (as in PyTorch and TensorFlow): a NaN weight must show in
+            // the loss, where TerminateOnNaN and check_finite see it, not vanish here.
+            return x < T(0) ? T(0) : x;
         case Activation::kSigmoid:
             return T(1) / (T(1) + exp(-x));
         case Activation::kTanh:

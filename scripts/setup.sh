@@ -6,9 +6,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${KILN_BUILD_DIR:-$repo/build}
 
-# Debian packages: compilers and build tools, the libraries kiln links, the dataset, and the
-# Python packages the tests use to read kiln's files (h5py) and the PyTorch peer benchmark.
-packages=(g++ cmake ninja-build pkg-config
+# Debian packages: compilers and build tools (clang and its libFuzzer and sanitizer runtimes for
+# the fuzz targets, tests/fuzz/), the libraries kiln links, the dataset, and the Python
+# packages the tests use to read kiln's files (h5py) and the PyTorch peer benchmark.
+packages=(g++ cmake ninja-build pkg-config clang libclang-rt-dev
           libhdf5-dev libopenblas-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libfmt-dev
           libgtest-dev dataset-fashion-mnist
           python3 python3-numpy python3-h5py python3-torch python3-venv)

@@ -1,6 +1,10 @@
 #include "checkpoint_writer.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +20,7 @@ namespace kiln {
 namespace {
 
 constexpr const char* kFaultVariable = "KILN_CHECKPOINT_FAULT";
+constexpr const char* kLogVariable = "KILN_CHECKPOINT_LOG";
 
 // Host floats from the staged bytes of the model's dtype.
 void copy_values(const char* src, DType dtype, size_t n, float* dst) {
@@ -30,7 +35,48 @@ void copy_values(const char* src, DType dtype, size_t n, float* dst) {
 
 }  // namespace
 
+std::vector<LayerWeights> staged_weights(const CheckpointJob& job, const char* host) {
+    std::vector<LayerWeights> out;
+    for (size_t i = 0; i < job.layers.size(); ++i) {
+        LayerWeights lw;
+        lw.layer_name = job.model.config.layers[i + 1].name;
+        for (const CheckpointJob::Weight& w : job.layers[i]) {
+            NamedArray a;
+            a.name = w.name;
+            a.shape = w.shape;
+            a.values.resize(static_cast<size_t>(shape_elements(w.shape)));
+            copy_values(host + w.offset, job.dtype, a.values.size(), a.values.data());
+            lw.weights.push_back(std::move(a));
+        }
+        out.push_back(std::move(lw));
+    }
+    return out;
+}
+
+void CheckpointWriter::log_line(const char* event, const CheckpointJob& job,
+                                uint32_t weights_crc) const {
+    if (log_fd_ < 0)
+        return;
+    char line[4096];
+    const int n = std::snprintf(
+        line, sizeof(line), "%s %s epoch=%d batch=%lld step=%lld weights_crc32=%08x\n", event,
+        job.path.c_str(), job.state ? job.state->epoch : 0,
+        static_cast<long long>(job.state ? job.state->batch : 0),
+        static_cast<long long>(job.state ? job.state->step : 0), weights_crc);
+    // One write(2) of a whole line on an O_APPEND descriptor: lines from both threads never
+    // interleave.
+    if (n > 0 && n < static_cast<int>(sizeof(line)))
+        (void)!::write(log_fd_, line, static_cast<size_t>(n));
+}
+
 CheckpointWriter::CheckpointWriter(Backend& backend, size_t staging_bytes) : backend_(backend) {
+    if (const char* log = std::getenv(kLogVariable)) {
+        log_fd_ = ::open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (log_fd_ < 0) {
+            std::fprintf(stderr, "kiln: warning: %s=%s cannot be opened: %s\n", kLogVariable, log,
+                         std::strerror(errno));
+        }
+    }
     // The fault-injection hooks (header).
     if (const char* faults = std::getenv(kFaultVariable)) {
         std::stringstream list(faults);
@@ -45,6 +91,8 @@ CheckpointWriter::CheckpointWriter(Backend& backend, size_t staging_bytes) : bac
                 fail_all_ = true;
             } else if (key == "fail") {
                 fail_writes_.insert(std::atoll(value.c_str()));
+            } else if (key == "crash") {
+                // read by src/io/atomic_h5.cpp at the point itself
             } else if (!item.empty()) {
                 std::fprintf(stderr, "kiln: warning: %s: unknown fault '%s' ignored\n",
                              kFaultVariable, item.c_str());
@@ -64,6 +112,8 @@ CheckpointWriter::~CheckpointWriter() {
     changed_.notify_all();
     if (thread_.joinable())
         thread_.join();
+    if (log_fd_ >= 0)
+        ::close(log_fd_);
 }
 
 bool CheckpointWriter::busy() const {
@@ -113,6 +163,13 @@ uint64_t CheckpointWriter::submit(CheckpointJob job, const std::vector<StagingRe
 
     // Stage outside the lock: on CUDA this queues copies on the training thread's streams.
     try {
+        // A checkpoint may hold more than the buffer was made for (snapshot slots acquired
+        // since): the slot is ours while it fills, so its buffer can grow here.
+        size_t needed = 0;
+        for (const StagingRegion& r : regions)
+            needed = std::max(needed, r.offset + r.bytes);
+        if (needed > slot->staging->bytes())
+            slot->staging = backend_.make_staging_buffer(needed);
         slot->staging->stage(regions);
     } catch (...) {
         {
@@ -239,20 +296,7 @@ Status CheckpointWriter::write(Slot& slot) {
         slot.staging->wait();
         const char* host = static_cast<const char*>(slot.staging->host());
         const size_t element = dtype_size(job.dtype);
-        job.model.weights.clear();
-        for (size_t i = 0; i < job.layers.size(); ++i) {
-            LayerWeights lw;
-            lw.layer_name = job.model.config.layers[i + 1].name;
-            for (const CheckpointJob::Weight& w : job.layers[i]) {
-                NamedArray a;
-                a.name = w.name;
-                a.shape = w.shape;
-                a.values.resize(static_cast<size_t>(shape_elements(w.shape)));
-                copy_values(host + w.offset, job.dtype, a.values.size(), a.values.data());
-                lw.weights.push_back(std::move(a));
-            }
-            job.model.weights.push_back(std::move(lw));
-        }
+        job.model.weights = staged_weights(job, host);
         if (job.state && job.state->optimizer_slots > 0) {
             TrainingState& st = *job.state;
             int64_t per_slot = 0;
@@ -269,6 +313,26 @@ Status CheckpointWriter::write(Slot& slot) {
                     out += count;
                 }
             }
+        }
+
+        if (job.state) {
+            for (const CheckpointJob::Snapshot& snap : job.snapshots) {
+                SavedSnapshot saved;
+                saved.name = snap.name;
+                saved.taken_at = snap.taken_at;
+                saved.trainable.resize(snap.trainable_count);
+                saved.nontrainable.resize(snap.nontrainable_count);
+                copy_values(host + snap.trainable_offset, job.dtype, snap.trainable_count,
+                            saved.trainable.data());
+                copy_values(host + snap.nontrainable_offset, job.dtype, snap.nontrainable_count,
+                            saved.nontrainable.data());
+                job.state->snapshots.push_back(std::move(saved));
+            }
+        }
+        if (job.state && job.sums_count > 0) {
+            job.state->epoch_sums.resize(static_cast<size_t>(job.sums_count));
+            std::memcpy(job.state->epoch_sums.data(), host + job.sums_offset,
+                        job.state->epoch_sums.size() * sizeof(double));
         }
 
         // 2. A crashed run's temporaries beside this target go the first time it is written.
@@ -288,8 +352,11 @@ Status CheckpointWriter::write(Slot& slot) {
             return Status::io_error("injected failure (" + std::string(kFaultVariable) +
                                     ") of write " + std::to_string(attempt));
         };
-        return save_checkpoint(job.path, job.model, job.weights_only,
-                               job.state ? &*job.state : nullptr, fault);
+        const Status saved = save_checkpoint(job.path, job.model, job.weights_only,
+                                             job.state ? &*job.state : nullptr, fault);
+        if (saved.is_ok() && logging())
+            log_line("written", job, weights_crc32(job.model.weights));
+        return saved;
     } catch (const std::exception& e) {
         return Status::io_error(job.path + ": cannot save the checkpoint: " + e.what());
     }

@@ -14,7 +14,16 @@
 // Test hooks: the environment variable KILN_CHECKPOINT_FAULT, read when the writer is made,
 // holds comma-separated faults to inject: "delay=MS" sleeps MS milliseconds before each write
 // (a slow disk), "fail=N" fails the N-th write (1-based) after its temporary file is complete,
-// "fail=all" fails every write.
+// "fail=all" fails every write; "crash=POINT[@N]" ends the process (src/io/atomic_h5.h).
+//
+// The checkpoint log: when KILN_CHECKPOINT_LOG names a file, each checkpoint appends a line
+// when it is requested (on the training thread, with the CRC of the weights it is taken from)
+// and one when it is published under its name (on the writer thread, with the CRC of the
+// weights it wrote; weights_crc32 in kiln/checkpoint.h):
+//   submitted PATH epoch=E batch=B step=S weights_crc32=XXXXXXXX
+//   written PATH epoch=E batch=B step=S weights_crc32=XXXXXXXX
+// A "written" line is appended only after the rename and the directory's fsync, so a file the
+// log calls written survives a kill of the process. The reliability tests read it.
 #pragma once
 
 #include <condition_variable>
@@ -60,7 +69,21 @@ struct CheckpointJob {
     size_t state_offset = 0;
     int64_t n_params = 0;
     std::vector<std::pair<int64_t, int64_t>> trainable_ranges;
+    // A checkpoint within an epoch: the epoch's running sums (doubles) from `sums_offset`.
+    size_t sums_offset = 0;
+    int sums_count = 0;
+    // A checkpoint to resume from: the snapshot slots taken, each as its two flat buffers.
+    struct Snapshot {
+        std::string name;
+        int64_t taken_at = -1;
+        size_t trainable_offset = 0, nontrainable_offset = 0;  // bytes into the staging buffer
+        size_t trainable_count = 0, nontrainable_count = 0;    // elements
+    };
+    std::vector<Snapshot> snapshots;
 };
+
+// The job's weights, in layer order, from the staged bytes (`host`, laid out as the job says).
+std::vector<LayerWeights> staged_weights(const CheckpointJob& job, const char* host);
 
 class CheckpointWriter {
   public:
@@ -84,6 +107,10 @@ class CheckpointWriter {
     Status last_status(const std::string& path) const;
     CheckpointStats stats() const;
 
+    // The checkpoint log (header); `logging` is false when KILN_CHECKPOINT_LOG is not set.
+    bool logging() const { return log_fd_ >= 0; }
+    void log_line(const char* event, const CheckpointJob& job, uint32_t weights_crc) const;
+
   private:
     enum class SlotState { kFree, kFilling, kWaiting, kWriting };
     struct Slot {
@@ -103,6 +130,7 @@ class CheckpointWriter {
     std::set<int64_t> fail_writes_;  // 1-based write numbers
     bool fail_all_ = false;
     int64_t attempts_ = 0;           // writer thread only
+    int log_fd_ = -1;                // KILN_CHECKPOINT_LOG, opened for appending
     std::set<std::string> cleaned_;  // targets whose stale temporaries were removed (writer)
 
     mutable std::mutex mutex_;

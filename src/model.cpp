@@ -10,8 +10,11 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <limits>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -21,6 +24,7 @@
 
 #include "checkpoint_writer.h"
 #include "kernels/math.h"
+#include "kiln/interrupt.h"
 #include "kiln/status.h"
 
 namespace kiln {
@@ -496,6 +500,20 @@ class ScopeExit {
     std::function<void()> f_;
 };
 
+// Whether two fits' arguments (TrainingState::fit_args_json) give the same batches in the same
+// order; the number of epochs does not matter.
+bool same_data_order(const std::string& a, const std::string& b) {
+    const auto ja = nlohmann::json::parse(a, nullptr, false);
+    const auto jb = nlohmann::json::parse(b, nullptr, false);
+    if (!ja.is_object() || !jb.is_object())
+        return false;
+    for (const char* key : {"batch_size", "validation_split", "validation_data", "shuffle"}) {
+        if (!ja.contains(key) || !jb.contains(key) || ja[key] != jb[key])
+            return false;
+    }
+    return true;
+}
+
 // The callbacks' state keys, a repeated one made unique with "#2", "#3", ... in order (the
 // same callbacks in the same order give the same keys, run after run).
 std::vector<std::string> unique_state_keys(const std::vector<CallbackPtr>& callbacks) {
@@ -636,8 +654,10 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     std::string resumed_state = args.resume_callbacks_state_json;
     for (auto& cb : callbacks) {
         if (std::optional<ResumePoint> point = cb->resume_point()) {
-            std::fprintf(stderr, "kiln: resuming from %s: epoch %d of %d\n", point->source.c_str(),
-                         point->epoch + 1, args.epochs);
+            std::fprintf(stderr, "kiln: resuming from %s: epoch %d of %d, after batch %lld (step %lld)\n",
+                         point->source.c_str(), point->epoch + 1, args.epochs,
+                         static_cast<long long>(resume_within_epoch_ ? resume_within_epoch_->batch : 0),
+                         static_cast<long long>(iterations_));
             first_epoch = point->epoch;
             resumed_state = point->callbacks_state_json;
             params.initial_epoch = first_epoch;
@@ -690,6 +710,35 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         epochs_completed_ = first_epoch;
         batches_in_epoch_ = 0;
     }
+    // A checkpoint taken within an epoch continues after its last batch, with the epoch's
+    // running sums, when this fit orders the data as that run did.
+    int64_t first_batch = 0;
+    std::vector<double> first_sums;
+    if (resume_within_epoch_ && resume_within_epoch_->epoch == first_epoch) {
+        const MidEpoch& at = *resume_within_epoch_;
+        std::string why;
+        if (!same_data_order(at.fit_args_json, fit_args_json_)) {
+            why = "this fit's batch size, validation split or shuffling differ from that run's";
+        } else if (at.sums.size() != size_t(AccumulatorSlots::kPerSet)) {
+            why = "the file does not hold the epoch's running sums";
+        } else if (at.batch > steps) {
+            why = "this fit's epoch has only " + std::to_string(steps) + " batches";
+        }
+        if (why.empty()) {
+            first_batch = at.batch;
+            first_sums = at.sums;
+        } else {
+            std::fprintf(stderr,
+                         "kiln: warning: %s was written after batch %lld of epoch %d, but %s; "
+                         "this fit redoes that epoch from its start (as Keras's "
+                         "BackupAndRestore does)\n",
+                         at.source.c_str(), static_cast<long long>(at.batch), at.epoch + 1,
+                         why.c_str());
+        }
+    }
+    resume_within_epoch_.reset();
+    const int64_t iterations_at_start = iterations_;
+
     Logs logs;
     for (auto& cb : callbacks)
         cb->on_train_begin(logs);
@@ -701,8 +750,18 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         if (args.shuffle)
             b.permutation(perm.view(), n_train, seed_, uint64_t(epoch));
         b.fill_zero(acc);
+        int64_t step = 0;
+        if (epoch == first_epoch && first_batch > 0) {
+            b.upload(acc.data, first_sums.data(), first_sums.size() * sizeof(double));
+            step = first_batch;
+            batches_in_epoch_ = first_batch;
+        }
 
-        for (int64_t step = 0; step < steps; ++step) {
+        for (; step < steps; ++step) {
+            // A signal's request is taken between steps: the weights are those after a whole
+            // step, the state a checkpoint can continue from exactly.
+            if (const int signal = interrupt_requested())
+                stop_for_signal(signal, args, callbacks, epoch, iterations_at_start);
             const int64_t offset = step * args.batch_size;
             const int64_t rows = std::min(args.batch_size, n_train - offset);
             for (auto& cb : callbacks)
@@ -754,6 +813,10 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         for (auto& cb : callbacks)
             cb->after_epoch_end(epoch, logs);
     }
+    if (const int signal = interrupt_requested()) {
+        // Between the last epoch's end and the end of fit: the state is an epoch's end.
+        stop_for_signal(signal, args, callbacks, epochs_completed_, iterations_at_start);
+    }
     // Every requested checkpoint is on disk before on_train_end (which may delete files the
     // writer has yet to write) and before fit returns.
     if (writer_)
@@ -765,14 +828,95 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     return *history;
 }
 
+void Sequential::stop_for_signal(int signal, const FitArgs& args,
+                                 const std::vector<CallbackPtr>& callbacks, int epoch,
+                                 int64_t iterations_at_start) {
+    const char* name = signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "a signal";
+    const std::string at =
+        (batches_in_epoch_ == 0 ? "at the end of epoch " + std::to_string(epochs_completed_)
+                                : "after batch " + std::to_string(batches_in_epoch_) +
+                                      " of epoch " + std::to_string(epoch + 1)) +
+        " (step " + std::to_string(iterations_) + ")";
+    std::string what = std::string("fit stopped by ") + name + " " + at;
+    if (iterations_ == iterations_at_start) {
+        what += "; nothing was trained, so no checkpoint was written";
+    } else if (!args.interrupt_checkpoint.empty()) {
+        CheckpointRequest request;
+        request.path = args.interrupt_checkpoint;
+        request.epoch = epochs_completed_;
+        request.step = iterations_;
+        request.callbacks_state_json = callbacks_state_json();
+        const Status s = checkpoint_writer().wait(submit_checkpoint(request, /*synchronous=*/true));
+        what += s.is_ok() ? "; wrote " + request.path : "; could not write " + request.path +
+                                                            ": " + s.message();
+    }
+    if (iterations_ != iterations_at_start) {
+        for (const auto& cb : callbacks)
+            cb->on_interrupt(epoch, batches_in_epoch_);
+    }
+    // The callbacks' checkpoints (a best model, a backup) are on disk before fit ends.
+    if (writer_)
+        writer_->wait_idle();
+    throw Interrupted(signal, what);
+}
+
+namespace {
+
+// The reliability tests' NaN injection: KILN_INJECT_NAN="loss@S" makes the model's output NaN
+// in optimizer step S (1-based), so the loss and every gradient of that step are NaN;
+// "grad@S" makes one gradient NaN after step S's backward pass, so the update writes NaN into
+// a weight and the following steps' losses are NaN.
+struct NanInjection {
+    std::string where;  // "loss" or "grad"; empty for none
+    int64_t step = 0;
+};
+
+const NanInjection& nan_injection() {
+    static const NanInjection injection = [] {
+        NanInjection n;
+        const char* spec = std::getenv("KILN_INJECT_NAN");
+        if (spec == nullptr)
+            return n;
+        const std::string text = spec;
+        const size_t at = text.find('@');
+        if (at == std::string::npos || (text.substr(0, at) != "loss" && text.substr(0, at) != "grad")) {
+            std::fprintf(stderr, "kiln: warning: KILN_INJECT_NAN=%s is not loss@STEP or grad@STEP; ignored\n",
+                         spec);
+            return n;
+        }
+        n.where = text.substr(0, at);
+        n.step = std::atoll(text.c_str() + at + 1);
+        return n;
+    }();
+    return injection;
+}
+
+void write_nan(Backend& b, void* at, DType dtype) {
+    if (dtype == DType::kFloat64) {
+        const double nan = std::numeric_limits<double>::quiet_NaN();
+        b.upload(at, &nan, sizeof(nan));
+    } else {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        b.upload(at, &nan, sizeof(nan));
+    }
+}
+
+}  // namespace
+
 void Sequential::train_step(int64_t rows) {
     Backend& b = *backend_;
     const int64_t outputs = shape_elements(output_shape());
+    const NanInjection& inject = nan_injection();
+    const bool inject_now = !inject.where.empty() && inject.step == iterations_ + 1;
     StepContext ctx{&b, /*training=*/true, /*want_logits=*/true, seed_, uint64_t(iterations_)};
     const View out = forward(ctx, buffers_->x.view().first_rows(rows), rows);
+    if (inject_now && inject.where == "loss")
+        write_nan(b, out.data, dtype_);
     b.loss(loss_spec_, out, buffers_->y.view().first_rows(rows), buffers_->grad_a.view(), rows,
            outputs, rows, buffers_->acc.view(), 0);
     backward(ctx, rows);
+    if (inject_now && inject.where == "grad")
+        write_nan(b, grads_.data(), dtype_);
 
     // Keras's step count starts at 1 for the first update; Adam's bias correction is folded
     // into one step size on the host, so the update kernel stays a pure per-element function.
@@ -1077,7 +1221,9 @@ std::string Sequential::training_config_json() const {
 CheckpointWriter& Sequential::checkpoint_writer() const {
     if (!writer_) {
         // Each staging buffer holds both weight buffers and the optimizer state.
-        const size_t bytes = params_.bytes() + nontrainable_.bytes() + opt_state_.bytes();
+        // and, for a checkpoint within an epoch, the epoch's running sums.
+        const size_t bytes = params_.bytes() + nontrainable_.bytes() + opt_state_.bytes() +
+                             AccumulatorSlots::kPerSet * sizeof(double);
         writer_ = std::make_unique<CheckpointWriter>(backend(), bytes);
     }
     return *writer_;
@@ -1152,7 +1298,43 @@ uint64_t Sequential::submit_checkpoint(const CheckpointRequest& request, bool sy
                                           {fixed_at, fixed_src, nontrainable_.bytes()}};
     if (live)
         regions.push_back({job.state_offset, opt_state_.data(), opt_state_.bytes()});
-    return checkpoint_writer().submit(std::move(job), regions);
+    if (live && batches_in_epoch_ > 0 && buffers_) {
+        // The first set of the accumulators: the epoch's training sums so far.
+        job.sums_offset = job.state_offset + opt_state_.bytes();
+        job.sums_count = AccumulatorSlots::kPerSet;
+        regions.push_back({job.sums_offset, buffers_->acc.data(),
+                           AccumulatorSlots::kPerSet * sizeof(double)});
+    }
+    if (live) {
+        // The snapshot slots taken (EarlyStopping's best weights) go with a file to resume
+        // from: without them a resumed run could not restore the best epoch's weights.
+        size_t at = job.state_offset + opt_state_.bytes() + AccumulatorSlots::kPerSet * sizeof(double);
+        for (const int slot : snapshots().taken_slots()) {
+            CheckpointJob::Snapshot snap;
+            snap.name = snapshots().name(slot);
+            snap.taken_at = snapshots().taken_at(slot);
+            const View t = snapshots().trainable(slot), n = snapshots().nontrainable(slot);
+            snap.trainable_offset = at;
+            snap.trainable_count = static_cast<size_t>(t.elements());
+            regions.push_back({at, t.data, t.bytes()});
+            at += t.bytes();
+            snap.nontrainable_offset = at;
+            snap.nontrainable_count = static_cast<size_t>(n.elements());
+            regions.push_back({at, n.data, n.bytes()});
+            at += n.bytes();
+            job.snapshots.push_back(std::move(snap));
+        }
+    }
+    CheckpointWriter& writer = checkpoint_writer();
+    if (writer.logging()) {
+        // The log's CRC of the weights as they are now, read here on the training thread; the
+        // writer's line gives the CRC of what it wrote (a test hook: this read waits).
+        std::vector<char> host(fixed_at + nontrainable_.bytes());
+        backend().read(host.data(), trainable_src, params_.bytes());
+        backend().read(host.data() + fixed_at, fixed_src, nontrainable_.bytes());
+        writer.log_line("submitted", job, weights_crc32(staged_weights(job, host.data())));
+    }
+    return writer.submit(std::move(job), regions);
 }
 
 Status Sequential::request_checkpoint(const CheckpointRequest& request) {
@@ -1368,12 +1550,16 @@ Status Sequential::restore_training_state(const std::string& path, TrainingState
     epochs_completed_ = st.epoch;
     batches_in_epoch_ = 0;
     fit_args_json_ = st.fit_args_json;
+    resume_within_epoch_.reset();
+    snapshots().stash(st.snapshots);
     if (st.batch != 0) {
-        std::fprintf(stderr,
-                     "kiln: warning: %s was written after batch %lld of epoch %d; a "
-                     "resumed fit redoes that epoch from its start (as Keras's BackupAndRestore "
-                     "does), so it will not match a run that never stopped\n",
-                     path.c_str(), static_cast<long long>(st.batch), st.epoch + 1);
+        MidEpoch at;
+        at.epoch = st.epoch;
+        at.batch = st.batch;
+        at.sums = st.epoch_sums;
+        at.fit_args_json = st.fit_args_json;
+        at.source = path;
+        resume_within_epoch_ = std::move(at);
     }
     run_history_.on_train_begin(Logs());
     for (size_t i = 0; i < st.history_epochs.size(); ++i) {

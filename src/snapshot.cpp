@@ -1,5 +1,8 @@
 #include "kiln/snapshot.h"
 
+#include <cstdio>
+#include <utility>
+
 #include "kiln/backend.h"
 #include "kiln/model.h"
 #include "kiln/status.h"
@@ -21,14 +24,66 @@ int SnapshotService::acquire(const std::string& name) {
     slot.trainable = Tensor(b, p.shape, p.dtype);
     slot.nontrainable = Tensor(b, q.shape, q.dtype);
     // Reuse a released entry so that ids stay small over many fits.
-    for (size_t i = 0; i < slots_.size(); ++i) {
-        if (slots_[i].users == 0) {
-            slots_[i] = std::move(slot);
-            return static_cast<int>(i);
-        }
+    int id = -1;
+    for (size_t i = 0; i < slots_.size() && id < 0; ++i) {
+        if (slots_[i].users == 0)
+            id = static_cast<int>(i);
     }
-    slots_.push_back(std::move(slot));
-    return static_cast<int>(slots_.size() - 1);
+    if (id < 0) {
+        slots_.push_back(Slot());
+        id = static_cast<int>(slots_.size() - 1);
+    }
+    slots_[size_t(id)] = std::move(slot);
+    // A resumed run's snapshot of this name comes back into the new slot.
+    for (auto it = stashed_.begin(); it != stashed_.end(); ++it) {
+        if (it->name != name)
+            continue;
+        Slot& s = slots_[size_t(id)];
+        if (it->trainable.size() != size_t(s.trainable.elements()) ||
+            it->nontrainable.size() != size_t(s.nontrainable.elements())) {
+            std::fprintf(stderr,
+                         "kiln: warning: the checkpoint's snapshot '%s' does not fit this "
+                         "model; it is not restored\n",
+                         name.c_str());
+        } else {
+            put(s.trainable.view(), it->trainable);
+            put(s.nontrainable.view(), it->nontrainable);
+            s.taken = true;
+            s.taken_at = it->taken_at;
+        }
+        stashed_.erase(it);
+        break;
+    }
+    return id;
+}
+
+void SnapshotService::put(const View& dst, const std::vector<float>& values) {
+    if (values.empty())
+        return;
+    Backend& b = model_.backend();
+    if (dst.dtype == DType::kFloat32) {
+        b.upload(dst.data, values.data(), values.size() * sizeof(float));
+    } else {
+        std::vector<double> wide(values.begin(), values.end());
+        b.upload(dst.data, wide.data(), wide.size() * sizeof(double));
+    }
+}
+
+void SnapshotService::stash(std::vector<SavedSnapshot> snapshots) {
+    stashed_ = std::move(snapshots);
+}
+
+std::vector<int> SnapshotService::taken_slots() const {
+    std::vector<int> out;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        if (slots_[i].users > 0 && slots_[i].taken)
+            out.push_back(static_cast<int>(i));
+    }
+    return out;
+}
+
+const std::string& SnapshotService::name(int slot) const {
+    return get(slot, "name").name;
 }
 
 void SnapshotService::release(int slot) {
@@ -39,6 +94,7 @@ void SnapshotService::release(int slot) {
 
 void SnapshotService::release_all() noexcept {
     slots_.clear();
+    stashed_.clear();
 }
 
 void SnapshotService::take(int slot) {

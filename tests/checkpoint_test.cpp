@@ -6,6 +6,7 @@
 // temporaries are cleaned up.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <algorithm>
@@ -374,6 +375,119 @@ TEST(CheckpointResume, IsBitExactOnTheCpu) {
             EXPECT_TRUE(same_doubles({f[2], f[3]}, rest.history.at(key))) << key;
         }
     }
+}
+
+// Asks fit to stop, as a SIGINT would, at the end of one batch of one epoch.
+class InterruptAt : public Callback {
+  public:
+    InterruptAt(int epoch, int64_t batch) : epoch_(epoch), batch_(batch) {}
+    void on_epoch_begin(int epoch, const Logs&) override { current_ = epoch; }
+    void on_train_batch_end(int64_t batch, const Logs&) override {
+        if (current_ == epoch_ && batch == batch_)
+            request_interrupt(SIGINT);
+    }
+
+  private:
+    int epoch_ = 0, current_ = -1;
+    int64_t batch_ = 0;
+};
+
+// Stopped by a signal within an epoch: fit finishes the batch, writes the interrupt checkpoint
+// with the epoch's running sums and throws; a new model resumed from that file ends exactly as
+// the run that never stopped, history included (the stopped epoch's logs come from the sums).
+TEST(CheckpointResume, WithinAnEpochIsBitExact) {
+    TempDir dir;
+    const Toy data = toy(200);  // 160 training samples: 10 batches of 16 per epoch
+    auto whole = small_model(/*seed=*/7);
+    whole->fit(data.x, data.y, fit_args(4));
+
+    auto stopped = small_model(/*seed=*/7);
+    FitArgs args = fit_args(4);
+    args.interrupt_checkpoint = dir.file("interrupted.h5");
+    args.callbacks = {std::make_shared<InterruptAt>(/*epoch=*/1, /*batch=*/3)};
+    int code = 0;
+    try {
+        stopped->fit(data.x, data.y, args);
+    } catch (const Interrupted& e) {
+        code = e.exit_code();
+        EXPECT_NE(std::string(e.what()).find("after batch 4 of epoch 2 (step 14); wrote"),
+                  std::string::npos)
+            << e.what();
+    }
+    clear_interrupt();
+    ASSERT_EQ(code, 130);
+    EXPECT_EQ(stopped->iterations(), 14);
+
+    auto resumed = small_model(/*seed=*/99);
+    TrainingState st;
+    ASSERT_TRUE(resumed->restore_training_state(dir.file("interrupted.h5"), &st).is_ok());
+    EXPECT_EQ(st.epoch, 1);
+    EXPECT_EQ(st.batch, 4);
+    EXPECT_EQ(st.step, 14);
+    ASSERT_EQ(st.epoch_sums.size(), 3u);
+    EXPECT_EQ(st.epoch_sums[2], 64.0);  // samples seen in the epoch so far
+    resumed->fit(data.x, data.y, fit_args(4, st.epoch));
+    EXPECT_TRUE(same_doubles(whole->flat_parameters(), resumed->flat_parameters()));
+    EXPECT_EQ(whole->iterations(), resumed->iterations());
+    EXPECT_TRUE(same_history(whole->run_history(), resumed->run_history()));
+
+    // Another batch size gives other batches: the epoch is redone from its start, with a
+    // warning, and training still ends at epoch 4.
+    auto other = small_model(/*seed=*/99);
+    ASSERT_TRUE(other->restore_training_state(dir.file("interrupted.h5"), &st).is_ok());
+    FitArgs bigger = fit_args(4, st.epoch);
+    bigger.batch_size = 32;
+    ::testing::internal::CaptureStderr();
+    other->fit(data.x, data.y, bigger);
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("redoes that epoch from its start"), std::string::npos) << err;
+    EXPECT_EQ(other->epochs_completed(), 4);
+}
+
+// BackupAndRestore backs up when a signal stops fit, and the same fit run again continues
+// from that backup exactly.
+TEST(CheckpointResume, BackupAndRestoreContinuesAfterASignal) {
+    TempDir dir;
+    const Toy data = toy(200);
+    auto whole = small_model(/*seed=*/7);
+    whole->fit(data.x, data.y, fit_args(3));
+
+    const std::string backups = dir.file("backup");
+    auto first = small_model(/*seed=*/7);
+    FitArgs args = fit_args(3);
+    args.callbacks = {std::make_shared<callbacks::BackupAndRestore>(backups),
+                      std::make_shared<InterruptAt>(/*epoch=*/2, /*batch=*/6)};
+    EXPECT_THROW(first->fit(data.x, data.y, args), Interrupted);
+    clear_interrupt();
+    CheckpointInfo info;
+    ASSERT_TRUE(inspect_checkpoint(backups + "/latest.h5", &info).is_ok());
+
+    auto second = small_model(/*seed=*/7);
+    args.callbacks = {std::make_shared<callbacks::BackupAndRestore>(backups)};
+    second->fit(data.x, data.y, args);
+    EXPECT_TRUE(same_doubles(whole->flat_parameters(), second->flat_parameters()));
+    EXPECT_TRUE(same_history(whole->run_history(), second->run_history()));
+    EXPECT_FALSE(fs::exists(backups + "/latest.h5"));  // the completed run removed its backup
+}
+
+// A signal before any step: nothing trained, nothing written.
+TEST(CheckpointResume, ASignalBeforeAnyStepWritesNothing) {
+    TempDir dir;
+    const Toy data = toy(64);
+    auto model = small_model();
+    FitArgs args = fit_args(2);
+    args.interrupt_checkpoint = dir.file("interrupted.h5");
+    request_interrupt(SIGTERM);
+    int code = 0;
+    try {
+        model->fit(data.x, data.y, args);
+    } catch (const Interrupted& e) {
+        code = e.exit_code();
+    }
+    clear_interrupt();
+    EXPECT_EQ(code, 143);
+    EXPECT_EQ(model->iterations(), 0);
+    EXPECT_FALSE(fs::exists(dir.file("interrupted.h5")));
 }
 
 // A checkpoint of a snapshot slot (EarlyStopping's best weights) holds the slot's weights, the

@@ -10,7 +10,7 @@ Fashion-MNIST as 28x28x1 images:
     fit(x, y, batch_size=128, validation_split=0.1, shuffle=True)   (pass --batch-size 128)
 
 Everything but the model is bench/peers/torch_mlp.py's: the data, Keras's validation split and
-Adam defaults, the timing, the modes (eager, compile, graph) and the JSON result; see its
+Adam defaults, the timing, the modes (eager, fused, compile, graph) and the JSON result; see its
 docstring. Its runners build their model with torch_mlp.build_model(), which main() below
 points at the convnet before it hands over to torch_mlp.main(). What differs for a convnet:
 - the images go through channels-last (NHWC) memory, the layout kiln and Keras use, and on CUDA
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_mlp as base  # noqa: E402  (the shared loop, beside this file)
 
 
-def build_model():
+def build_model(args=None):
     model = torch.nn.Sequential(
         torch.nn.Unflatten(1, (1, 28, 28)),
         torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -71,6 +71,10 @@ class EagerRunner(Validating, base.EagerRunner):
     pass
 
 
+class FusedRunner(Validating, base.FusedRunner):
+    pass
+
+
 class CompileRunner(Validating, base.CompileRunner):
     pass
 
@@ -89,7 +93,8 @@ def main(argv):
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
     base.build_model = build_model
-    base.RUNNERS = {"eager": EagerRunner, "compile": CompileRunner, "graph": GraphRunner}
+    base.RUNNERS = {"eager": EagerRunner, "fused": FusedRunner, "compile": CompileRunner,
+                    "graph": GraphRunner}
     return base.main(argv)
 
 

@@ -19,12 +19,20 @@ to sqrt(v) and PyTorch to the bias-corrected sqrt(v / (1 - beta2^t)), and Keras 
 probabilities to [1e-7, 1 - 1e-7] where cross-entropy on logits needs no clip.
 
 Modes:
-  eager    the plain loop; on CUDA with the data resident on the device and Adam(fused=True)
+  eager    the plain loop, the data resident on the device as tensors, Adam(foreach=True)
+  fused    the same with Adam(fused=True) (CUDA)
   compile  torch.compile(mode="reduce-overhead") of forward + loss, whose backward AOTAutograd
            compiles with it (PyTorch 2.x); the fused Adam step stays eager
   graph    one CUDA graph per step shape, captured by hand: the batch is gathered on the device by
            index from the resident data, then forward, backward and a capturable Adam step
-Float32 with TF32 off everywhere, as kiln runs.
+Float32 with TF32 off everywhere, as kiln runs; --dtype bf16 runs forward and backward under
+bf16 autocast (float32 weights and Adam, as performance.md defines bf16).
+
+For bench/suite.py, which runs it case by case beside `kiln bench`: --hidden sets the MLP's
+hidden layers (M3: 2048,2048,2048), --max-samples takes the first N training samples, each
+epoch's validation pass is timed apart (with --split-validation the device is synchronised first,
+so that on CUDA the split is the device's), and --checkpoint PATH saves the model and optimizer
+state with torch.save at every epoch's end, inside the epoch's time (K1).
 
 Epoch time = all training steps of the epoch plus its validation pass, from the host clock after
 a device synchronisation to the host clock after the epoch's figures reached the host.
@@ -97,12 +105,12 @@ def load_training_set(data_dir):
 
 # ---- model and optimizer -------------------------------------------------------------------------
 
-def build_model():
-    model = torch.nn.Sequential(
-        torch.nn.Linear(784, 256), torch.nn.ReLU(),
-        torch.nn.Linear(256, 128), torch.nn.ReLU(),
-        torch.nn.Linear(128, 10),
-    )
+def build_model(args):
+    widths = [784] + args.hidden + [10]
+    layers = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])  # no ReLU after the logits
     # Keras's glorot_uniform: U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out)); zero biases.
     with torch.no_grad():
         for layer in model:
@@ -111,6 +119,22 @@ def build_model():
                 layer.weight.uniform_(-limit, limit)
                 layer.bias.zero_()
     return model
+
+
+class Autocast(torch.nn.Module):
+    """Runs the wrapped model under bf16 autocast and hands float32 logits to the loss.
+
+    The autocast cache is off, so that a captured CUDA graph does not keep casts of weights
+    the optimizer has since changed.
+    """
+
+    def __init__(self, model, device_type):
+        super().__init__()
+        self.model, self.device_type = model, device_type
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, cache_enabled=False):
+            return self.model(x).float()
 
 
 def make_adam(params, **wanted):
@@ -141,7 +165,11 @@ class Runner:
         self.n_train, self.n_val = split_at, x.shape[0] - split_at
 
         torch.manual_seed(args.seed)
-        self.model = build_model().to(self.device)
+        self.model = build_model(args).to(self.device)
+        if args.dtype == "bf16":
+            self.model = Autocast(self.model, self.device.type)
+        self.split_validation = args.split_validation
+        self.validation_s = 0.0  # the last epoch's validation pass, its figures' read included
         self.shuffle_rng = torch.Generator(device=self.device)
         self.shuffle_rng.manual_seed(args.seed)
 
@@ -165,10 +193,14 @@ class Runner:
         order = torch.randperm(self.n_train, generator=self.shuffle_rng, device=self.device)
         for start, stop in self.batches(self.n_train):
             self.train_batch(order[start:stop])
+        if self.split_validation:
+            self.synchronize()
+        validation_start = time.perf_counter()
         self.validate()
         # The one host synchronisation of the epoch: four scalars come back.
         figures = torch.stack([self.loss_sum, self.correct.double(),
                                self.val_loss_sum, self.val_correct.double()]).tolist()
+        self.validation_s = time.perf_counter() - validation_start
         return {"loss": figures[0] / self.n_train, "accuracy": figures[1] / self.n_train,
                 "val_loss": figures[2] / self.n_val, "val_accuracy": figures[3] / self.n_val}
 
@@ -197,13 +229,26 @@ class Runner:
 
 
 class EagerRunner(Runner):
+    """Adam's multi-tensor (foreach) update: a few kernels for all parameters together."""
+
+    adam_options = {"foreach": True}
+
     def __init__(self, args, x, y):
         super().__init__(args, x, y)
-        # The fused kernel updates every parameter in one launch; it is CUDA-only on torch < 2.4.
-        extra = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizer = make_adam(self.model.parameters(), **extra)
+        self.optimizer = make_adam(self.model.parameters(), **self.adam_options)
         self.train_batch = self.eager_train_batch
         self.validate_batch = self.eager_validate_batch
+
+
+class FusedRunner(EagerRunner):
+    """The fused kernel updates every parameter in one launch; CUDA-only on torch < 2.4."""
+
+    adam_options = {"fused": True}
+
+    def __init__(self, args, x, y):
+        if args.device != "cuda":
+            raise RuntimeError("--mode fused needs --device cuda")
+        super().__init__(args, x, y)
 
 
 class CompileRunner(Runner):
@@ -336,7 +381,8 @@ class GraphRunner(Runner):
         graph.replay()
 
 
-RUNNERS = {"eager": EagerRunner, "compile": CompileRunner, "graph": GraphRunner}
+RUNNERS = {"eager": EagerRunner, "fused": FusedRunner, "compile": CompileRunner,
+           "graph": GraphRunner}
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -355,10 +401,24 @@ def parse_args(argv):
     p.add_argument("--data", default=os.environ.get("KILN_FASHION_MNIST_DIR", DEFAULT_DATA_DIR),
                    help="folder with the Fashion-MNIST IDX files "
                         "(default: $KILN_FASHION_MNIST_DIR or %(default)s)")
+    p.add_argument("--max-samples", type=int, default=0,
+                   help="train on the first N training samples only (0: all)")
+    p.add_argument("--hidden", default="256,128",
+                   help="the MLP's hidden widths, comma-separated (default: %(default)s)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (TF32 off), or bf16 autocast over float32 weights")
+    p.add_argument("--split-validation", action="store_true",
+                   help="synchronise the device before each validation pass, so that its time "
+                        "is the device's (only matters on CUDA)")
+    p.add_argument("--checkpoint", help="torch.save the model and optimizer state here at every "
+                                        "epoch's end, inside the epoch's time")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.warmup_epochs < 0 or args.batch_size < 1 or args.threads < 1:
         p.error("need --epochs >= 1, --warmup-epochs >= 0, --batch-size >= 1, --threads >= 1")
+    if args.max_samples < 0:
+        p.error("need --max-samples >= 0")
+    args.hidden = [int(w) for w in args.hidden.split(",") if w]
     return args
 
 
@@ -382,6 +442,8 @@ def main(argv):
         device_name = "cpu"
 
     x, y = load_training_set(args.data)
+    if args.max_samples:
+        x, y = x[:args.max_samples], y[:args.max_samples]
     setup_start = time.perf_counter()
     try:
         runner = RUNNERS[args.mode](args, x, y)
@@ -397,15 +459,19 @@ def main(argv):
 
     # Warm-up epochs first (module loading, compilation, autotuning), then the timed ones.
     total = args.warmup_epochs + args.epochs
-    times, figures = [], {}
+    times, validation_times, figures = [], [], {}
     for epoch in range(total):
         runner.synchronize()
         start = time.perf_counter()
         figures = runner.run_epoch()
+        if args.checkpoint:
+            torch.save({"model": runner.model.state_dict(),
+                        "optimizer": runner.optimizer.state_dict()}, args.checkpoint)
         elapsed = time.perf_counter() - start
         warm = epoch < args.warmup_epochs
         if not warm:
             times.append(elapsed)
+            validation_times.append(runner.validation_s)
         print(f"Epoch {epoch + 1}/{total}{' (warm-up, not timed)' if warm else ''} - "
               f"{elapsed:.3f}s - loss: {figures['loss']:.4f} - "
               f"accuracy: {figures['accuracy']:.4f} - val_loss: {figures['val_loss']:.4f} - "
@@ -421,6 +487,10 @@ def main(argv):
         "batch_size": args.batch_size,
         "epoch_times_s": times,
         "median_epoch_s": median,
+        "validation_times_s": validation_times,
+        "validation_synchronised": args.split_validation or args.device == "cpu",
+        "checkpoint": args.checkpoint,
+        "dtype": args.dtype,
         "samples_per_s": runner.n_train / median,
         "val_loss": figures["val_loss"],
         "val_accuracy": figures["val_accuracy"],
@@ -436,10 +506,14 @@ def main(argv):
     }
     print(f"median epoch {median:.3f}s - {result['samples_per_s']:.0f} samples/s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        write_json(args.json, result)
     return 0
+
+
+def write_json(path, result):
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
 
 
 if __name__ == "__main__":

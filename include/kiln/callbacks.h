@@ -103,6 +103,9 @@ class Callback {
     // (BackupAndRestore finding a backup). One that does has set the model's weights itself and
     // returns the epoch to start from and the callbacks' state to hand back.
     virtual std::optional<ResumePoint> resume_point() { return std::nullopt; }
+    // fit is stopping for a signal (kiln/interrupt.h) after `batches_done` batches of `epoch`:
+    // a callback that keeps a file to resume from writes it now. on_train_end is not called.
+    virtual void on_interrupt(int epoch, int64_t batches_done) { (void)epoch, (void)batches_done; }
 
     // ---- state that survives a resume ----------------------------------------------------
     // A callback with state (a best value, a wait counter) names itself with a key unique in

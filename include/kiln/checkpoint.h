@@ -56,6 +56,15 @@ struct CheckpointStats {
     int64_t waited = 0;
 };
 
+// A snapshot slot's weights (SnapshotService: EarlyStopping's best weights), kept in a
+// checkpoint to resume from so that a resumed run restores the same best weights.
+struct SavedSnapshot {
+    std::string name;       // the slot's name (EarlyStopping::snapshot_name)
+    int64_t taken_at = -1;  // optimizer steps when it was taken
+    // The model's two flat buffers as the slot holds them (kiln's layout, padding included).
+    std::vector<float> trainable, nontrainable;
+};
+
 // The state a resumed run continues from: the `kiln` group of a checkpoint file.
 struct TrainingState {
     std::string kiln_version;  // of the writer
@@ -64,8 +73,14 @@ struct TrainingState {
     bool resumable = true;
     int epoch = 0;  // epochs completed
     // Batches done of the epoch under way when the checkpoint was taken; 0 at an epoch's end.
-    // A resumed fit starts at an epoch's start, so only batch 0 resumes exactly.
+    // A resumed fit with the same batch size and data order continues after that batch.
     int64_t batch = 0;
+    // With batch > 0: the epoch's running training sums so far (loss, metric, samples: the
+    // AccumulatorSlots of one set), so the resumed epoch's logs are those of a run that never
+    // stopped. Empty at an epoch's end, and in files written before kiln 0.1 kept them.
+    std::vector<double> epoch_sums;
+    // The snapshot slots taken when the checkpoint was (resumable files only).
+    std::vector<SavedSnapshot> snapshots;
     int64_t step = 0;   // optimizer steps taken (Sequential::iterations)
     uint64_t seed = 1;  // with epoch and step, the state of every RNG (they are counter-based)
     double learning_rate = 0;  // as it was (a callback may have changed it)
@@ -111,6 +126,11 @@ Status load_checkpoint(const std::string& path, CheckpointContents* out);
 
 // A file's kind by its name, as Keras decides it.
 bool is_weights_file_name(const std::string& path);
+
+// CRC-32 (zlib's) of every weight's float32 values, little-endian, layer by layer in order: the
+// figure the checkpoint log (KILN_CHECKPOINT_LOG, src/checkpoint_writer.h) records for each
+// checkpoint, and what get_weights() of a model loaded from that file gives again.
+uint32_t weights_crc32(const std::vector<LayerWeights>& weights);
 // Keras's key for a layer in a weights file: the class name in snake case ("Conv2D" ->
 // "conv2d", "MaxPooling2D" -> "max_pooling2d"), with "_<k>" for the k-th repeat of the class.
 std::vector<std::string> keras_weight_keys(const std::vector<std::string>& class_names);

@@ -11,6 +11,7 @@
 #include "kiln/callbacks/model_checkpoint.h"
 #include "kiln/callbacks/terminate_on_nan.h"
 #include "kiln/data.h"
+#include "kiln/interrupt.h"
 #include "kiln/layers.h"
 #include "kiln/losses.h"
 #include "kiln/model.h"

@@ -59,6 +59,9 @@ struct FitArgs {
     // resumed checkpoint holds it): each callback whose state key it names gets its state back
     // through restore_state before on_train_begin.
     std::string resume_callbacks_state_json;
+    // Where fit writes a checkpoint to resume from when a signal asks it to stop
+    // (kiln/interrupt.h); empty for none.
+    std::string interrupt_checkpoint;
 };
 
 class Sequential {
@@ -197,6 +200,11 @@ class Sequential {
     // Forward, loss, backward and the optimizer update on the `rows` samples in the batch
     // buffers.
     void train_step(int64_t rows);
+    // fit's answer to a signal (kiln/interrupt.h): the interrupt checkpoint, the callbacks'
+    // on_interrupt, the writer drained; throws Interrupted.
+    [[noreturn]] void stop_for_signal(int signal, const FitArgs& args,
+                                      const std::vector<CallbackPtr>& callbacks, int epoch,
+                                      int64_t iterations_at_start);
     // Adds one set's loss and metric over x, y (device tensors) into acc[slot].
     void evaluate_on_device(const View& x, const View& y, int64_t rows, int64_t batch, int slot);
     Logs logs_from(const double* acc, int slot, const std::string& prefix) const;
@@ -232,6 +240,16 @@ class Sequential {
     int64_t batches_in_epoch_ = 0;  // of the epoch under way; 0 between epochs
     History run_history_;
     std::string fit_args_json_ = "{}";  // the last fit's arguments (TrainingState::fit_args_json)
+    // A restored checkpoint taken within an epoch: where the next fit continues (the epoch,
+    // the batches done and the running sums), if its batch size and data order are the same.
+    struct MidEpoch {
+        int epoch = 0;
+        int64_t batch = 0;
+        std::vector<double> sums;
+        std::string fit_args_json;
+        std::string source;  // the file, for messages
+    };
+    std::optional<MidEpoch> resume_within_epoch_;
     // Mutable: save() is const, and a save is a write through the writer.
     mutable std::unique_ptr<CheckpointWriter> writer_;
 

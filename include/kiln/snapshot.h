@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/checkpoint.h"
 #include "kiln/tensor.h"
 
 namespace kiln {
@@ -54,6 +55,13 @@ class SnapshotService {
     View nontrainable(int slot) const;
 
     int slots_in_use() const;
+    // The slots in use that hold a snapshot, and a slot's name.
+    std::vector<int> taken_slots() const;
+    const std::string& name(int slot) const;
+    // Snapshots read from a checkpoint being resumed (TrainingState::snapshots): the next
+    // acquire of each name gets a slot that holds it, taken at its step. A snapshot that does
+    // not fit the model is dropped with a warning. Replaces what an earlier call kept.
+    void stash(std::vector<SavedSnapshot> snapshots);
     // Device bytes held by all slots.
     size_t bytes() const;
 
@@ -66,10 +74,12 @@ class SnapshotService {
         Tensor trainable, nontrainable;
     };
     Slot& get(int slot, const char* what);
+    void put(const View& dst, const std::vector<float>& values);
     const Slot& get(int slot, const char* what) const;
 
     const Sequential& model_;
-    std::vector<Slot> slots_;  // released slots stay as empty entries, so ids remain valid
+    std::vector<Slot> slots_;
+    std::vector<SavedSnapshot> stashed_;  // released slots stay as empty entries, so ids remain valid
 };
 
 }  // namespace kiln

@@ -141,6 +141,11 @@ void BackupAndRestore::backup() {
     ++backups_;
 }
 
+void BackupAndRestore::on_interrupt(int, int64_t) {
+    // The backup the next run continues from, taken after the last finished step.
+    backup();
+}
+
 void BackupAndRestore::on_train_end(const Logs&) {
     if (!delete_checkpoint_)
         return;
@@ -150,12 +155,15 @@ void BackupAndRestore::on_train_end(const Logs&) {
 }
 
 std::string BackupAndRestore::state_json() const {
-    return nlohmann::json({{"batches_since_save", batches_since_save_}}).dump();
+    return nlohmann::json(
+               {{"batches_since_save", batches_since_save_}, {"last_batch_seen", last_batch_seen_}})
+        .dump();
 }
 
 void BackupAndRestore::restore_state(const std::string& json) {
     const auto j = detail::parse_state(json, state_key());
     batches_since_save_ = j.value("batches_since_save", int64_t(0));
+    last_batch_seen_ = j.value("last_batch_seen", int64_t(0));
 }
 
 }  // namespace callbacks

@@ -64,6 +64,7 @@ std::string EarlyStopping::snapshot_name() const {
 
 void EarlyStopping::on_train_begin(const Logs&) {
     (void)direction();  // an unknown direction fails here at the latest, before any step
+    const bool resumed = resumed_;
     if (!resumed_) {
         // Keras resets these so that an instance can be reused across fit() calls.
         wait_ = 0;
@@ -83,6 +84,9 @@ void EarlyStopping::on_train_begin(const Logs&) {
         if (slot_ >= 0)
             model_->snapshots().release(slot_);
         slot_ = model_->snapshots().acquire(snapshot_name());
+        // A resumed run's checkpoint brought the best weights back into the slot.
+        slot_holds_best_ =
+            resumed && resumed_slot_holds_best_ && model_->snapshots().taken(slot_);
     }
 }
 
@@ -210,6 +214,7 @@ std::string EarlyStopping::state_json() const {
                         {"best", detail::json_optional(best_)},
                         {"best_epoch", best_epoch_},
                         {"patience", args_.patience},
+                        {"slot_holds_best", slot_holds_best_},
                         {"stopping_reason", stopping_reason_name(reason_)}};
     return j.dump();
 }
@@ -221,6 +226,7 @@ void EarlyStopping::restore_state(const std::string& json) {
         stopped_epoch_ = j.value("stopped_epoch", 0);
         best_ = j.contains("best") ? detail::optional_from_json(j["best"]) : std::nullopt;
         best_epoch_ = j.value("best_epoch", 0);
+        resumed_slot_holds_best_ = j.value("slot_holds_best", false);
         reason_ = reason_from_name(j.value("stopping_reason", std::string("NOT_STOPPED")));
     } catch (const nlohmann::json::exception& e) {
         throw Error(state_key() + ": bad saved state " + json + ": " + e.what());

@@ -11,6 +11,7 @@
 #include <fmt/args.h>
 
 #include "callbacks/util.h"
+#include "io/atomic_h5.h"
 #include "kiln/model.h"
 #include "kiln/status.h"
 
@@ -490,6 +491,8 @@ void ModelCheckpoint::flush() {
             kept = kept || item.first == old;
         for (const Pending& p : pending)
             kept = kept || p.path == old;
+        if (!kept)
+            h5::crash_point("deleting");
         if (!kept && std::remove(old.c_str()) != 0 && errno != ENOENT) {
             warn("ModelCheckpoint: could not delete " + old + ", displaced from the top " +
                  std::to_string(*args_.save_top_k));
@@ -515,6 +518,7 @@ std::string ModelCheckpoint::state_json() const {
         top.push_back({path, detail::json_double(score)});
     nlohmann::json j = {{"best", detail::json_optional(best_)},
                         {"batches_since_save", batches_since_save_},
+                        {"last_batch_seen", last_batch_seen_},
                         {"top_k", top}};
     return j.dump();
 }
@@ -525,6 +529,7 @@ void ModelCheckpoint::restore_state(const std::string& json) {
         if (j.contains("best"))
             best_ = detail::optional_from_json(j["best"]);
         batches_since_save_ = j.value("batches_since_save", int64_t(0));
+        last_batch_seen_ = j.value("last_batch_seen", int64_t(0));
         top_k_.clear();
         if (j.contains("top_k")) {
             for (const auto& item : j["top_k"]) {

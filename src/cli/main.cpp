@@ -20,6 +20,9 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/kiln.h"
+#if KILN_WITH_BENCH
+#include "bench/suite.h"
+#endif
 
 namespace {
 
@@ -159,6 +162,7 @@ struct CallbackFlags {
     double reduce_lr_min_delta = 1e-4;
     double min_lr = 0.0;
     bool terminate_on_nan = false;
+    std::optional<int> save_top_k;
     std::string backup_dir;
     std::string backup_save_freq = "epoch";
     bool keep_backup = false;
@@ -197,6 +201,10 @@ void add_callback_flags(CLI::App* cmd, CallbackFlags* f) {
         ->group(mc);
     cmd->add_option("--save-freq", f->save_freq, "epoch, or save every N batches")
         ->capture_default_str()
+        ->group(mc);
+    cmd->add_option("--save-top-k", f->save_top_k,
+                    "Keep the K best files (a templated --checkpoint; needs --save-best-only)")
+        ->check(CLI::PositiveNumber)
         ->group(mc);
     cmd->add_option("--initial-value-threshold", f->initial_value_threshold,
                     "The best value to beat before the first save")
@@ -332,6 +340,7 @@ std::vector<kiln::CallbackPtr> make_callbacks(const CallbackFlags& f, int epochs
         a.mode = f.mode;
         a.save_freq = cb::SaveFreq(f.save_freq);
         a.initial_value_threshold = f.initial_value_threshold;
+        a.save_top_k = f.save_top_k;
         out.push_back(std::make_shared<cb::ModelCheckpoint>(path, a));
     }
     if (f.early_stopping != "none") {
@@ -435,6 +444,8 @@ struct FitFlags {
     std::string save;
     bool summary = false;
     std::string resume;  // a kiln checkpoint to continue from
+    // Written when SIGINT or SIGTERM stops the run (kiln/interrupt.h); "none" for no file.
+    std::string interrupt_checkpoint = "interrupted.h5";
     // Set after parsing: which of the flags that decide the data order were given.
     bool epochs_given = false, batch_size_given = false, validation_split_given = false,
          shuffle_given = false;
@@ -492,6 +503,13 @@ int run_fit(FitFlags f) {
     // Everything that can be checked is checked before the data is read or training starts.
     check_writable(f.metrics_json, "--metrics-json");
     check_writable(f.save, "--save");
+    const std::string interrupt_checkpoint =
+        f.interrupt_checkpoint == "none" ? "" : f.interrupt_checkpoint;
+    check_writable(interrupt_checkpoint, "--interrupt-checkpoint");
+    if (!interrupt_checkpoint.empty() && kiln::is_weights_file_name(interrupt_checkpoint)) {
+        throw Error("--interrupt-checkpoint " + interrupt_checkpoint +
+                    ": a file to resume from is a full model file (*.h5, not *.weights.h5)");
+    }
     kiln::ModelConfig config;
     std::unique_ptr<kiln::Sequential> owned;
     kiln::TrainingState resumed;
@@ -548,8 +566,28 @@ int run_fit(FitFlags f) {
     args.callbacks = callbacks;
     args.initial_epoch = std::min(resumed.epoch, f.epochs);
     args.resume_callbacks_state_json = resumed.callbacks_state_json;
+    args.interrupt_checkpoint = interrupt_checkpoint;
     const auto start = std::chrono::steady_clock::now();
-    model.fit(data.train.x, data.train.y, args);
+    try {
+        model.fit(data.train.x, data.train.y, args);
+    } catch (const kiln::Interrupted& stopped) {
+        std::fprintf(stderr, "kiln: %s\n", stopped.what());
+        if (!interrupt_checkpoint.empty() && model.iterations() > resumed.step) {
+            std::fprintf(stderr, "kiln: continue with: kiln fit --resume %s\n",
+                         interrupt_checkpoint.c_str());
+        }
+        return stopped.exit_code();
+    }
+    // A signal after the last step: training is complete and its files are written; the
+    // test set is skipped, --save and --metrics-json are still written, and the exit code
+    // says the run was stopped.
+    const int late_signal = kiln::interrupt_requested();
+    if (late_signal) {
+        std::fprintf(stderr,
+                     "kiln: signal %d after the last epoch: training is complete; the test "
+                     "set is not evaluated\n",
+                     late_signal);
+    }
     // The whole run's epochs, a resumed run's earlier ones included.
     const kiln::History& history = model.run_history();
     const double seconds =
@@ -564,7 +602,9 @@ int run_fit(FitFlags f) {
     for (const auto& key : history.keys)
         hist[key] = history.history.at(key);
     report["history"] = hist;
-    if (data.has_test()) {
+    if (late_signal) {
+        // nothing more to compute
+    } else if (data.has_test()) {
         const kiln::Logs test = model.evaluate(data.test.x, data.test.y, f.data.batch_size);
         std::string line;
         for (const auto& [key, value] : test.items()) {
@@ -592,7 +632,7 @@ int run_fit(FitFlags f) {
                      checkpoints.message().c_str());
         return 1;
     }
-    return 0;
+    return late_signal ? 128 + late_signal : 0;
 }
 
 // A saved model of either kind: a full .h5 (kiln's or Keras's) or a weights file kiln wrote
@@ -796,6 +836,10 @@ int main(int argc, char** argv) {
                         "Save the trained model to this .h5 file (or its weights, with the "
                         "training state, to a .weights.h5 file)");
     fit_cmd->add_flag("--summary", fit.summary, "Print the model summary before training");
+    fit_cmd->add_option("--interrupt-checkpoint", fit.interrupt_checkpoint,
+                        "On SIGINT or SIGTERM: finish the step, write this file to --resume "
+                        "from, exit 130 or 143 (a second signal exits at once); none for no file")
+        ->capture_default_str();
     CLI::Option* resume = fit_cmd->add_option(
         "--resume", fit.resume,
         "Continue the run a kiln checkpoint (.h5 or .weights.h5) was taken from, to --epochs: "
@@ -846,6 +890,11 @@ int main(int argc, char** argv) {
         "metrics) and whether its checksums verify; exits non-zero if one fails");
     inspect_cmd->add_option("FILE", inspect_path, "A .h5 or .weights.h5 file")->required();
 
+#if KILN_WITH_BENCH
+    kiln::bench::SuiteOptions bench;
+    CLI::App* bench_cmd = kiln::bench::add_bench_command(app, &bench);
+#endif
+
     CLI11_PARSE(app, argc, argv);
     fit.callbacks.checkpoint_given = fit_cmd->count("--checkpoint") > 0;
     fit.epochs_given = fit_cmd->count("--epochs") > 0;
@@ -853,8 +902,10 @@ int main(int argc, char** argv) {
     fit.validation_split_given = fit_cmd->count("--validation-split") > 0;
     fit.shuffle_given = fit_cmd->count("--no-shuffle") > 0;
     try {
-        if (fit_cmd->parsed())
+        if (fit_cmd->parsed()) {
+            kiln::install_interrupt_handlers();
             return run_fit(fit);
+        }
         if (eval_cmd->parsed()) {
             return run_evaluate(eval_model, eval, eval_architecture, eval_loss);
         }
@@ -863,6 +914,10 @@ int main(int argc, char** argv) {
         }
         if (inspect_cmd->parsed())
             return run_inspect(inspect_path);
+#if KILN_WITH_BENCH
+        if (bench_cmd->parsed())
+            return kiln::bench::run_suite(bench);
+#endif
     } catch (const std::exception& e) {
         std::fprintf(stderr, "kiln: error: %s\n", e.what());
         return 1;

@@ -21,6 +21,54 @@ namespace kiln {
 namespace data {
 namespace {
 
+// Bounds on one row, so that a malformed file (an unmatched quote, no line ends at all, a
+// runaway row) is refused after a bounded read instead of being buffered whole, as CPython's
+// csv module bounds a field for the same reason. The widest real tables (a 224 x 224 x 3 image
+// per row) stay below both.
+constexpr size_t kMaxLineBytes = size_t{8} << 20;
+constexpr size_t kMaxColumns = size_t{1} << 18;
+
+// Reads a stream line by line in blocks, so that a line is never held beyond kMaxLineBytes
+// (std::getline would buffer a line of any length).
+class LineReader {
+  public:
+    explicit LineReader(std::istream& in) : in_(in), block_(size_t{64} << 10) {}
+
+    // The next line, without its '\n'; false at the end of the input. A line longer than
+    // kMaxLineBytes is cut there, with *too_long set, and the rest of it left unread.
+    bool next(std::string* line, bool* too_long) {
+        line->clear();
+        *too_long = false;
+        for (;;) {
+            if (pos_ == end_) {
+                in_.read(block_.data(), static_cast<std::streamsize>(block_.size()));
+                end_ = static_cast<size_t>(in_.gcount());
+                pos_ = 0;
+                if (end_ == 0)
+                    return !line->empty();
+            }
+            const char* start = block_.data() + pos_;
+            const auto* newline = static_cast<const char*>(std::memchr(start, '\n', end_ - pos_));
+            const size_t take = newline ? static_cast<size_t>(newline - start) : end_ - pos_;
+            if (take > kMaxLineBytes - line->size()) {
+                *too_long = true;
+                return true;
+            }
+            line->append(start, take);
+            pos_ += take;
+            if (newline) {
+                ++pos_;
+                return true;
+            }
+        }
+    }
+
+  private:
+    std::istream& in_;
+    std::vector<char> block_;
+    size_t pos_ = 0, end_ = 0;
+};
+
 // Spaces and tabs around a field are not part of it, unless one of them is the delimiter.
 bool is_blank(char c, char delimiter) {
     return (c == ' ' || c == '\t') && c != delimiter;
@@ -72,6 +120,10 @@ bool split_row(std::string_view line, char delimiter, std::vector<std::string>* 
                 --last;
             field.assign(line.substr(i, last - i));
             i = end;
+        }
+        if (fields->size() == kMaxColumns) {
+            *why = "more than " + std::to_string(kMaxColumns) + " columns, more than kiln reads";
+            return false;
         }
         fields->push_back(std::move(field));
         // Here i is at a delimiter or at the end; a trailing delimiter yields an empty field.
@@ -177,6 +229,7 @@ Status read_csv(const std::string& path, const CsvOptions& options, bool label, 
     std::vector<std::string> fields;
     std::vector<std::string> header;  // empty when the file has none
     std::string line, why;
+    bool too_long = false;
     int64_t line_no = 0;
     size_t n_cols = 0;
     size_t label_col = 0;
@@ -185,8 +238,14 @@ Status read_csv(const std::string& path, const CsvOptions& options, bool label, 
     bool first_row = true;
 
     // Line by line rather than the whole file at once: a large CSV is then held only as floats.
-    while (std::getline(in, line)) {
+    LineReader lines(in);
+    while (lines.next(&line, &too_long)) {
         ++line_no;
+        if (too_long) {
+            return Status::corruption(path + ": line " + std::to_string(line_no) +
+                                      " is longer than " + std::to_string(kMaxLineBytes >> 20) +
+                                      " MiB (an unmatched quote, or no line ends?)");
+        }
         // Tolerate Windows line ends and the byte-order mark spreadsheet programs write.
         if (!line.empty() && line.back() == '\r')
             line.pop_back();
@@ -250,7 +309,7 @@ Status read_csv(const std::string& path, const CsvOptions& options, bool label, 
         }
         ++rows;
     }
-    // getline ends on EOF and on a read error alike; only badbit tells them apart.
+    // The reader ends on EOF and on a read error alike; only badbit tells them apart.
     if (in.bad())
         return Status::io_error(path + ": read failed: " + std::strerror(errno));
     if (rows == 0)

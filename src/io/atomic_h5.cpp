@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -99,6 +101,38 @@ long temporary_owner(const std::string& rest) {
 
 }  // namespace
 
+void crash_point(const char* point) {
+    // The requested point and occurrence, parsed once; reached counts are per process.
+    static const std::pair<std::string, long> wanted = [] {
+        std::pair<std::string, long> w{"", 0};
+        const char* faults = std::getenv("KILN_CHECKPOINT_FAULT");
+        if (faults == nullptr)
+            return w;
+        const std::string list = faults;
+        size_t start = 0;
+        while (start <= list.size()) {
+            const size_t comma = std::min(list.find(',', start), list.size());
+            const std::string item = list.substr(start, comma - start);
+            if (item.compare(0, 6, "crash=") == 0) {
+                const std::string spec = item.substr(6);
+                const size_t at = spec.find('@');
+                w.first = spec.substr(0, at);
+                w.second = at == std::string::npos ? 1 : std::atol(spec.c_str() + at + 1);
+            }
+            start = comma + 1;
+        }
+        return w;
+    }();
+    static std::atomic<long> reached{0};
+    if (wanted.first.empty() || wanted.first != point)
+        return;
+    if (reached.fetch_add(1) + 1 == wanted.second) {
+        std::fprintf(stderr, "kiln: injected crash at '%s' (KILN_CHECKPOINT_FAULT)\n", point);
+        std::fflush(stderr);
+        ::_exit(kCrashExitCode);
+    }
+}
+
 std::string temporary_prefix(const std::string& path) {
     return prefix_in_dir(std::filesystem::path(path)) + std::to_string(::getpid()) + "-";
 }
@@ -125,32 +159,39 @@ Status publish_atomically(const std::string& path, const std::function<Status(hi
         Status s = create_file_exclusive(temporary, &file);
         if (!s.is_ok())
             return s;
+        crash_point("created");
         s = write(file.get());
         if (!s.is_ok())
             return s;
+        crash_point("written");
         // 2. H5Fclose is where HDF5 writes the metadata; a failure here is a failed save.
         if (file.close() < 0)
             return io_failure(Where{temporary, ""}, "H5Fclose failed");
+    }
+    crash_point("closed");
+    // What the caller adds to the closed file (the checkpoint trailer), made durable below.
+    if (before_rename) {
+        Status s = before_rename();
+        if (!s.is_ok())
+            return s;
     }
 
     // 3. Make the bytes durable, publish them under the final name, make the rename durable.
     Status s = fsync_path(temporary, false);
     if (!s.is_ok())
         return s;
-    if (before_rename) {
-        s = before_rename();
-        if (!s.is_ok())
-            return s;
-    }
+    crash_point("synced");
     if (std::rename(temporary.c_str(), path.c_str()) != 0) {
         return Status::io_error("renaming " + temporary + " to " + path +
                                 " failed: " + errno_text(errno));
     }
     cleanup.release();
+    crash_point("renamed");
     const std::string directory = target.parent_path().string();
     s = fsync_path(directory.empty() ? "." : directory, true);
     if (!s.is_ok())
         return s.with_context("saved, but not yet durable");
+    crash_point("published");
     return Status::ok();
 }
 

@@ -22,8 +22,9 @@ namespace h5 {
 //   3. fsyncs the file (HDF5 never does), renames it over `path`, fsyncs the directory.
 // On any failure before the rename the temporary is removed and `path` is left as it was.
 // Every failure names the target and the reason. The caller holds an HDF5Session.
-// `before_rename`, when given, runs once the temporary is complete and durable; a failure it
-// returns fails the save there (the writer's fault injection uses it).
+// `before_rename`, when given, runs once the temporary is closed, before its fsync (so what it
+// appends to the file is made durable with the rest); a failure it returns fails the save there
+// (the checkpoint trailer and the writer's fault injection use it).
 Status publish_atomically(const std::string& path, const std::function<Status(hid_t file)>& write,
                           const std::function<Status()>& before_rename = {});
 
@@ -32,6 +33,17 @@ Status publish_atomically(const std::string& path, const std::function<Status(hi
 // left alone). Appends the removed paths to *removed when given. Best effort: a directory that
 // cannot be listed is not an error here; the save itself reports what is wrong with it.
 void remove_stale_temporaries(const std::string& path, std::vector<std::string>* removed = nullptr);
+
+// The crash points of the save protocol, for the reliability tests. When KILN_CHECKPOINT_FAULT
+// holds "crash=POINT" (or "crash=POINT@N", the N-th time the point is reached; 1 when omitted),
+// reaching POINT ends the process at once with _exit(kCrashExitCode), as a power cut or a kill
+// there would, after one line on stderr. The points of publish_atomically, in order: "created"
+// (the temporary exists, empty), "written" (the datasets are written, not yet closed), "closed",
+// "synced" (the file's fsync done), "renamed" (published, the directory not yet synced),
+// "published" (the directory synced). Other modules add their own (ModelCheckpoint's
+// "deleting" before it removes a file that left the top k).
+constexpr int kCrashExitCode = 86;
+void crash_point(const char* point);
 
 // The name `publish_atomically` would use for `path` in this process, without the random part:
 // ".<name>.tmp-<pid>-". For tests.

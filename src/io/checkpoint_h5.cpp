@@ -9,12 +9,19 @@
 //                                     callbacks_state=<JSON>, fit_args=<JSON>, checksums=<JSON>,
 //                                     [weights files: model_config, training_config]
 //   /kiln/optimizer_state       float32 (slots, trainable weights), unpadded, in layer order
+//   /kiln/epoch_sums            float64 (3,): the epoch's running training sums, when batch > 0
+//   /kiln/snapshots/<i>         attrs name, taken_at; float32 trainable, nontrainable: the
+//                               snapshot slots (EarlyStopping's best weights), flat
 //   /kiln/history_epoch         int64 (epochs,): Keras's history.epoch
 //   /kiln/history/<key>         float64 (epochs,), one per logs key; attr keys=[in order]
 //
 // `checksums` is {"algorithm": "crc32", "datasets": {"/model_weights/dense/dense/kernel:0":
-// <crc32 of the little-endian bytes>, ...}} over every dataset kiln wrote, so an h5py user can
-// check a file with zlib.crc32(f[path][()].tobytes()).
+// <crc32 of the little-endian bytes>, ...}, "attributes": {"/kiln@epoch": <crc32>, ...}} over
+// every dataset kiln wrote, so an h5py user can check a file with
+// zlib.crc32(f[path][()].tobytes()), and over every attribute in the file but `checksums`
+// itself (attribute_digest says of which bytes). Files written before "attributes" existed
+// are read without the attribute check. After the HDF5 data comes a trailer with a checksum of
+// the HDF5 structure, checked before libhdf5 reads the file (see "the structure checksum").
 //
 // The Keras 3 weights layout (shared/reference/hdf5-format.md §2.1), as Keras 3.15 writes it:
 //
@@ -24,10 +31,14 @@
 // where <key> is the layer's class in snake case with a per-class counter ("dense", "dense_1").
 #include "kiln/checkpoint.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -72,40 +83,80 @@ uint32_t crc32_of(const void* data, size_t bytes) {
     return static_cast<uint32_t>(crc);
 }
 
-// The checksums of the datasets written into one file, by absolute path.
+// What a file's `checksums` attribute records: the CRC-32 of every dataset kiln wrote, by
+// absolute path, and (since kiln 0.1 files that carry "attributes") of every attribute, by
+// "<object path>@<name>" ("/kiln@epoch", "/@model_config"; attribute_digest says of what).
+struct RecordedChecksums {
+    std::map<std::string, uint32_t> datasets;
+    // False for files written before attributes were covered: those are not checked.
+    bool has_attributes = false;
+    std::map<std::string, uint32_t> attributes;
+};
+
+// The checksums of the datasets and attributes written into one file.
 class Checksums {
   public:
     void add(const std::string& path, const void* data, size_t bytes) {
         values_[path] = crc32_of(data, bytes);
     }
+    void add_attribute(const std::string& key, uint32_t crc) { attributes_[key] = crc; }
+    std::vector<std::string> dataset_paths() const {
+        std::vector<std::string> paths;
+        for (const auto& entry : values_)
+            paths.push_back(entry.first);
+        return paths;
+    }
     std::string json() const {
         nlohmann::json datasets = nlohmann::json::object();
         for (const auto& [path, crc] : values_)
             datasets[path] = crc;
-        return nlohmann::json{{"algorithm", "crc32"}, {"datasets", datasets}}.dump();
+        nlohmann::json attributes = nlohmann::json::object();
+        for (const auto& [key, crc] : attributes_)
+            attributes[key] = crc;
+        return nlohmann::json{
+            {"algorithm", "crc32"}, {"datasets", datasets}, {"attributes", attributes}}
+            .dump();
     }
-    static Status parse(const std::string& path, const std::string& text,
-                        std::map<std::string, uint32_t>* out) {
+    static Status parse(const std::string& path, const std::string& text, RecordedChecksums* out) {
         const auto j = nlohmann::json::parse(text, nullptr, false);
-        if (j.is_discarded() || !j.is_object() || j.value("algorithm", "") != "crc32" ||
-            !j.contains("datasets") || !j["datasets"].is_object()) {
+        const auto is_map = [&](const char* key) {
+            return j.contains(key) && j.at(key).is_object();
+        };
+        bool known_keys = j.is_object();
+        if (known_keys) {
+            for (const auto& item : j.items()) {
+                known_keys = known_keys && (item.key() == "algorithm" || item.key() == "datasets" ||
+                                            item.key() == "attributes");
+            }
+        }
+        // Any other key, or a damaged name for "attributes", would otherwise pass unnoticed.
+        if (!known_keys || !j.contains("algorithm") || j.at("algorithm") != "crc32" ||
+            !is_map("datasets") || (j.contains("attributes") && !is_map("attributes"))) {
             return Status::corruption(path +
                                       ": /kiln: the 'checksums' attribute is not kiln's "
-                                      "{\"algorithm\": \"crc32\", \"datasets\": {...}}");
+                                      "{\"algorithm\": \"crc32\", \"datasets\": {...}, "
+                                      "\"attributes\": {...}}");
         }
-        out->clear();
-        for (const auto& [dataset, crc] : j["datasets"].items()) {
-            if (!crc.is_number_unsigned() || crc.get<uint64_t>() > UINT32_MAX) {
-                return Status::corruption(path + ": /kiln: the checksum of " + dataset +
-                                          " is not a 32-bit number");
+        *out = RecordedChecksums();
+        out->has_attributes = j.contains("attributes");
+        for (const char* section : {"datasets", "attributes"}) {
+            if (!j.contains(section))
+                continue;
+            auto& target = std::string(section) == "datasets" ? out->datasets : out->attributes;
+            for (const auto& [name, crc] : j.at(section).items()) {
+                if (!crc.is_number_unsigned() || crc.get<uint64_t>() > UINT32_MAX) {
+                    return Status::corruption(path + ": /kiln: the checksum of " + name +
+                                              " is not a 32-bit number");
+                }
+                target[name] = static_cast<uint32_t>(crc.get<uint64_t>());
             }
-            (*out)[dataset] = static_cast<uint32_t>(crc.get<uint64_t>());
         }
         return Status::ok();
     }
 
   private:
     std::map<std::string, uint32_t> values_;
+    std::map<std::string, uint32_t> attributes_;
 };
 
 // Elements of a shape (io/ keeps off tensor.cpp, as hdf5_util does).
@@ -243,22 +294,28 @@ Status read_raw_dataset(hid_t loc, const h5::Where& where, const std::string& na
     h5::Datatype type(H5Dget_type(dataset.get()));
     if (!type.valid())
         return h5::format_failure(at, "H5Dget_type failed");
-    const uint64_t declared = static_cast<uint64_t>(count) * H5Tget_size(type.get());
-    h5::PropList dcpl(H5Dget_create_plist(dataset.get()));
-    if (!dcpl.valid())
-        return h5::format_failure(at, "H5Dget_create_plist failed");
-    if (H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS && declared > 0 &&
-        H5Dget_storage_size(dataset.get()) < declared) {
-        return Status::corruption(at.str() +
-                                  ": stores fewer bytes than its shape declares "
-                                  "(truncated, or never written)");
-    }
+    const size_t type_size = H5Tget_size(type.get());
+    if (type_size == 0)
+        return h5::format_failure(at, "H5Tget_size failed");
+    // Before allocating: a chunked dataset may declare gigabytes and store nothing.
+    s = h5::check_dataset_storage(dataset.get(), at, *shape,
+                                  static_cast<uint64_t>(count) * type_size);
+    if (!s.is_ok())
+        return s;
     bytes->assign(static_cast<size_t>(count) * element_size, 0);
     if (count > 0 &&
         H5Dread(dataset.get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes->data()) < 0) {
         return h5::format_failure(at, "cannot read the values");
     }
     return Status::ok();
+}
+
+// Copies what read_raw_dataset read into `dst`. An empty dataset leaves `bytes` (and usually
+// the destination) without storage, and memcpy must not be given a null pointer even for zero
+// bytes.
+void copy_bytes(void* dst, const std::vector<unsigned char>& bytes) {
+    if (!bytes.empty())
+        std::memcpy(dst, bytes.data(), bytes.size());
 }
 
 // The stored element type of a dataset: class and size.
@@ -377,9 +434,430 @@ Status verify_checksums(hid_t file, const std::string& path, const std::string& 
 Status first_checksum_failure(const std::string& path, const std::vector<ChecksumResult>& results) {
     for (const ChecksumResult& r : results) {
         if (!r.ok) {
-            return Status::corruption(path + ": dataset " + r.dataset + " " + r.detail +
+            const bool attribute = r.dataset.find('@') != std::string::npos;
+            return Status::corruption(path + (attribute ? ": attribute " : ": dataset ") +
+                                      r.dataset + " " + r.detail +
                                       "; the file is damaged or was changed after kiln wrote it");
         }
+    }
+    return Status::ok();
+}
+
+// ---- attribute checksums --------------------------------------------------------------------
+
+constexpr const char* kChecksumsAttribute = "checksums";
+// Attributes are small; a count beyond this is a damaged dataspace, not a value to read.
+constexpr hssize_t kMaxAttributeElements = hssize_t{1} << 24;
+
+herr_t collect_attribute_name(hid_t /*object*/, const char* name, const H5A_info_t* /*info*/,
+                              void* names) {
+    static_cast<std::vector<std::string>*>(names)->emplace_back(name);
+    return 0;
+}
+
+// The CRC-32 of attribute `name` as kiln reads it, whatever its storage: a tag byte, then for
+// strings ('s') each string followed by a NUL, for integers ('i' signed, 'u' unsigned) each
+// value as a little-endian 64-bit integer, for floating point ('f') each as a little-endian
+// float64.
+Status attribute_digest(hid_t object, const h5::Where& where, const std::string& name,
+                        uint32_t* crc) {
+    const std::string what = "attribute '" + name + "'";
+    h5::Attribute attr(H5Aopen(object, name.c_str(), H5P_DEFAULT));
+    if (!attr.valid())
+        return h5::format_failure(where, "cannot open " + what);
+    h5::Datatype type(H5Aget_type(attr.get()));
+    if (!type.valid())
+        return h5::format_failure(where, "H5Aget_type failed for " + what);
+    const H5T_class_t cls = H5Tget_class(type.get());
+    std::string bytes;
+    if (cls == H5T_STRING) {
+        std::vector<std::string> values;
+        bool found = false;
+        Status s = h5::read_string_list_attribute(object, where, name, &values, &found);
+        if (!s.is_ok())
+            return s;
+        bytes = "s";
+        for (const std::string& v : values) {
+            bytes += v;
+            bytes += '\0';
+        }
+    } else if (cls == H5T_INTEGER || cls == H5T_FLOAT) {
+        h5::Dataspace space(H5Aget_space(attr.get()));
+        const hssize_t n = space.valid() ? H5Sget_simple_extent_npoints(space.get()) : -1;
+        if (n < 0 || n > kMaxAttributeElements) {
+            return Status::corruption(where.str() + ": " + what + " has an invalid size");
+        }
+        hid_t memory_type = H5T_NATIVE_DOUBLE;
+        char tag = 'f';
+        if (cls == H5T_INTEGER) {
+            const H5T_sign_t sign = H5Tget_sign(type.get());
+            if (sign == H5T_SGN_ERROR)
+                return h5::format_failure(where, "H5Tget_sign failed for " + what);
+            memory_type = sign == H5T_SGN_NONE ? H5T_NATIVE_UINT64 : H5T_NATIVE_INT64;
+            tag = sign == H5T_SGN_NONE ? 'u' : 'i';
+        }
+        // Eight bytes a value whichever of the three memory types.
+        std::vector<uint64_t> values(static_cast<size_t>(n));
+        if (n > 0 && H5Aread(attr.get(), memory_type, values.data()) < 0)
+            return h5::format_failure(where, "cannot read " + what);
+        bytes.assign(1, tag);
+        for (uint64_t v : values) {
+            for (int k = 0; k < 8; ++k)
+                bytes += static_cast<char>((v >> (8 * k)) & 0xFF);
+        }
+    } else {
+        return Status::corruption(where.str() + ": " + what + " has a type kiln does not write");
+    }
+    *crc = crc32_of(bytes.data(), bytes.size());
+    return Status::ok();
+}
+
+// The digest of every attribute of `object_path` and of every group and dataset below it, by
+// "<object path>@<name>"; /kiln's `checksums` (which holds them) is left out.
+Status digest_attributes(hid_t file, const std::string& path, const std::string& object_path,
+                         std::map<std::string, uint32_t>* out, int depth = 0) {
+    const h5::Where where{path, object_path};
+    if (depth > 16)
+        return Status::corruption(where.str() + ": nested too deeply");
+    h5::Object object(H5Oopen(file, object_path.c_str(), H5P_DEFAULT));
+    if (!object.valid())
+        return h5::format_failure(where, "H5Oopen failed");
+    std::vector<std::string> names;
+    hsize_t next = 0;
+    if (H5Aiterate2(object.get(), H5_INDEX_NAME, H5_ITER_INC, &next, collect_attribute_name,
+                    &names) < 0) {
+        return h5::format_failure(where, "cannot list the attributes");
+    }
+    for (const std::string& name : names) {
+        if (object_path == std::string("/") + kKilnGroup && name == kChecksumsAttribute)
+            continue;
+        uint32_t crc = 0;
+        Status s = attribute_digest(object.get(), where, name, &crc);
+        if (!s.is_ok())
+            return s;
+        (*out)[object_path + "@" + name] = crc;
+    }
+    if (H5Iget_type(object.get()) != H5I_GROUP)
+        return Status::ok();
+    for (H5I_type_t type : {H5I_GROUP, H5I_DATASET}) {
+        std::vector<std::string> children;
+        Status s = h5::list_children(object.get(), where, type, &children);
+        if (!s.is_ok())
+            return s;
+        for (const std::string& child : children) {
+            const std::string child_path = (object_path == "/" ? "/" : object_path + "/") + child;
+            s = digest_attributes(file, path, child_path, out, depth + 1);
+            if (!s.is_ok())
+                return s;
+        }
+    }
+    return Status::ok();
+}
+
+// Checks every attribute in the file against the digests recorded, when the file records them:
+// each recorded one must be there and match, and each one there must be recorded (an attribute
+// added, or one whose name was damaged, is as wrong as a changed value). Appends failures only.
+Status verify_attributes(hid_t file, const std::string& path, const RecordedChecksums& recorded,
+                         std::vector<ChecksumResult>* results) {
+    if (!recorded.has_attributes)
+        return Status::ok();
+    std::map<std::string, uint32_t> present;
+    Status s = digest_attributes(file, path, "/", &present);
+    if (!s.is_ok())
+        return s;
+    for (const auto& [key, crc] : recorded.attributes) {
+        const auto it = present.find(key);
+        if (it == present.end()) {
+            results->push_back({key, false, "recorded in /kiln but not in the file"});
+        } else if (it->second != crc) {
+            results->push_back(
+                {key, false, "stored crc32 " + hex32(crc) + ", computed " + hex32(it->second)});
+        }
+    }
+    for (const auto& [key, crc] : present) {
+        if (!recorded.attributes.count(key))
+            results->push_back({key, false, "has no checksum recorded in /kiln"});
+    }
+    return Status::ok();
+}
+
+// ---- the structure checksum ----------------------------------------------------------------
+//
+// libhdf5 trusts the file's metadata: a damaged object header or global heap can crash it or
+// loop for ever inside H5Fopen, H5Aread or H5Dread (HDF5 1.10.8: a flipped byte in an attribute
+// message, a zeroed global-heap object; tests/reliability/damaged_checkpoints_test.cpp finds
+// both), before any checksum in /kiln could be read. So kiln checks the HDF5 structure itself
+// before libhdf5 sees it. Once the file is closed, kiln appends a trailer:
+//
+//   regions  n x (offset u64, length u64): every contiguous dataset's values, ascending
+//   footer   "\x89KILNSUM" | hdf5_bytes u64 | n u32 | structure_crc u32 | 0 u32 | footer_crc u32
+//
+// all little-endian, where structure_crc is the CRC-32 of the first hdf5_bytes bytes (the HDF5
+// file) without the regions, and footer_crc that of the regions and the footer before it. The
+// values are left to the per-dataset checksums, which then name the damaged dataset. HDF5
+// ignores bytes past its end of file, so h5py and Keras read the file as before. A file without
+// a trailer (an older kiln's, Keras's) is read as before; one with bytes past HDF5's end of file
+// that are not a valid trailer is refused (a damaged trailer).
+
+struct Region {
+    uint64_t offset = 0;
+    uint64_t length = 0;
+};
+
+constexpr char kTrailerMagic[8] = {'\x89', 'K', 'I', 'L', 'N', 'S', 'U', 'M'};
+constexpr size_t kFooterBytes = 32;
+constexpr size_t kRegionBytes = 16;
+constexpr uint64_t kMaxRegions = uint64_t{1} << 20;
+constexpr size_t kReadPiece = size_t{1} << 20;
+
+void put_le(std::string* out, uint64_t v, int n) {
+    for (int i = 0; i < n; ++i)
+        out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+
+uint64_t get_le(const unsigned char* p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; --i)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+// A file descriptor, closed when it goes.
+class Fd {
+  public:
+    explicit Fd(int fd) : fd_(fd) {}
+    ~Fd() {
+        if (fd_ >= 0)
+            (void)::close(fd_);
+    }
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    int get() const { return fd_; }
+    int release() { return std::exchange(fd_, -1); }
+
+  private:
+    int fd_;
+};
+
+// Reads exactly `n` bytes at `offset`; a short read is a file that changed under us.
+Status read_exactly(int fd, const std::string& path, uint64_t offset, void* dst, size_t n) {
+    auto* p = static_cast<char*>(dst);
+    while (n > 0) {
+        const ssize_t got = ::pread(fd, p, n, static_cast<off_t>(offset));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return Status::io_error(path + ": read failed: " + std::strerror(errno));
+        if (got == 0)
+            return Status::corruption(path + ": ends early (truncated while being read?)");
+        p += got;
+        n -= static_cast<size_t>(got);
+        offset += static_cast<uint64_t>(got);
+    }
+    return Status::ok();
+}
+
+// The CRC-32 of bytes [0, end) of `fd` without `regions` (ascending, disjoint, inside).
+Status structure_crc(int fd, const std::string& path, uint64_t end,
+                     const std::vector<Region>& regions, uint32_t* crc) {
+    std::vector<unsigned char> piece(kReadPiece);
+    uLong sum = crc32(0L, Z_NULL, 0);
+    uint64_t at = 0;
+    size_t next = 0;
+    while (at < end) {
+        if (next < regions.size() && at == regions[next].offset) {
+            at += regions[next++].length;
+            continue;
+        }
+        const uint64_t stop = next < regions.size() ? regions[next].offset : end;
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(stop - at, piece.size()));
+        Status s = read_exactly(fd, path, at, piece.data(), n);
+        if (!s.is_ok())
+            return s;
+        sum = crc32(sum, piece.data(), static_cast<uInt>(n));
+        at += n;
+    }
+    *crc = static_cast<uint32_t>(sum);
+    return Status::ok();
+}
+
+// Ascending, disjoint and inside [0, end): what structure_crc needs.
+bool valid_regions(const std::vector<Region>& regions, uint64_t end) {
+    uint64_t previous_end = 0;
+    for (const Region& r : regions) {
+        if (r.length == 0 || r.offset < previous_end || r.offset > end || r.length > end - r.offset)
+            return false;
+        previous_end = r.offset + r.length;
+    }
+    return true;
+}
+
+// Where the values of the datasets kiln wrote lie, from the open file being written, and the
+// file's own (temporary) name.
+Status value_regions(hid_t file, const std::string& path, const std::vector<std::string>& datasets,
+                     std::string* file_name, std::vector<Region>* out) {
+    const h5::Where root{path, "/"};
+    const ssize_t length = H5Fget_name(file, nullptr, 0);
+    if (length <= 0)
+        return h5::io_failure(root, "H5Fget_name failed");
+    std::vector<char> name(static_cast<size_t>(length) + 1, '\0');
+    if (H5Fget_name(file, name.data(), name.size()) < 0)
+        return h5::io_failure(root, "H5Fget_name failed");
+    *file_name = std::string(name.data(), static_cast<size_t>(length));
+    out->clear();
+    for (const std::string& dataset : datasets) {
+        h5::Dataset d(H5Dopen2(file, dataset.c_str(), H5P_DEFAULT));
+        if (!d.valid())
+            return h5::io_failure(root.child(dataset), "cannot open the dataset just written");
+        const haddr_t offset = H5Dget_offset(d.get());
+        const hsize_t size = H5Dget_storage_size(d.get());
+        if (offset != HADDR_UNDEF && size > 0)
+            out->push_back({static_cast<uint64_t>(offset), static_cast<uint64_t>(size)});
+    }
+    std::sort(out->begin(), out->end(),
+              [](const Region& a, const Region& b) { return a.offset < b.offset; });
+    return Status::ok();
+}
+
+// Appends the trailer to the closed file `file_name` (the temporary of `path`); the fsync of
+// publish_atomically that follows makes it durable with the rest of the file.
+Status append_trailer(const std::string& file_name, const std::string& path,
+                      const std::vector<Region>& regions) {
+    Fd fd(::open(file_name.c_str(), O_RDWR | O_CLOEXEC));
+    if (fd.get() < 0)
+        return Status::io_error(file_name + ": cannot open: " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0)
+        return Status::io_error(file_name + ": fstat failed: " + std::strerror(errno));
+    const uint64_t hdf5_bytes = static_cast<uint64_t>(st.st_size);
+    if (!valid_regions(regions, hdf5_bytes) || regions.size() > kMaxRegions) {
+        return Status::io_error(path + ": the datasets' values overlap or lie outside the file");
+    }
+    uint32_t crc = 0;
+    Status s = structure_crc(fd.get(), file_name, hdf5_bytes, regions, &crc);
+    if (!s.is_ok())
+        return s;
+
+    std::string trailer;
+    for (const Region& r : regions) {
+        put_le(&trailer, r.offset, 8);
+        put_le(&trailer, r.length, 8);
+    }
+    trailer.append(kTrailerMagic, sizeof(kTrailerMagic));
+    put_le(&trailer, hdf5_bytes, 8);
+    put_le(&trailer, regions.size(), 4);
+    put_le(&trailer, crc, 4);
+    put_le(&trailer, 0, 4);
+    put_le(&trailer, crc32_of(trailer.data(), trailer.size()), 4);
+    size_t done = 0;
+    while (done < trailer.size()) {
+        const ssize_t n = ::pwrite(fd.get(), trailer.data() + done, trailer.size() - done,
+                                   static_cast<off_t>(hdf5_bytes + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return Status::io_error(file_name + ": write failed: " + std::strerror(errno));
+        done += static_cast<size_t>(n);
+    }
+    if (::close(fd.release()) != 0)
+        return Status::io_error(file_name + ": close failed: " + std::strerror(errno));
+    return Status::ok();
+}
+
+// HDF5's end of file (base address plus end-of-file address) from a superblock at offset 0
+// with 8-byte addresses, as kiln and h5py write them; false when there is none such.
+bool hdf5_end_of_file(const unsigned char* head, size_t n, uint64_t* end) {
+    static const unsigned char kSignature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    if (n < 64 || std::memcmp(head, kSignature, 8) != 0)
+        return false;
+    const unsigned version = head[8];
+    size_t base_at = 0, end_at = 0;
+    if (version == 0 || version == 1) {
+        if (head[13] != 8)
+            return false;
+        base_at = version == 0 ? 24 : 28;
+        end_at = base_at + 16;  // after the base and free-space addresses
+    } else if (version == 2 || version == 3) {
+        if (head[9] != 8)
+            return false;
+        base_at = 12;
+        end_at = 28;  // after the base and superblock-extension addresses
+    } else {
+        return false;
+    }
+    const uint64_t base = get_le(head + base_at, 8), eof = get_le(head + end_at, 8);
+    if (eof > UINT64_MAX - base)
+        return false;
+    *end = base + eof;
+    return true;
+}
+
+// Checks `path`'s trailer, before libhdf5 reads anything of the file (see above). A file that
+// cannot be opened is left for open_file_read to report.
+Status verify_trailer(const std::string& path) {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st {};
+    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
+        return Status::ok();
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    const std::string damaged = "; the file is damaged or was changed after kiln wrote it";
+
+    unsigned char footer[kFooterBytes];
+    if (size >= kFooterBytes) {
+        Status s = read_exactly(fd.get(), path, size - kFooterBytes, footer, kFooterBytes);
+        if (!s.is_ok())
+            return s;
+    }
+    if (size < kFooterBytes || std::memcmp(footer, kTrailerMagic, sizeof(kTrailerMagic)) != 0) {
+        // No trailer. Bytes past HDF5's end of file are then a trailer that was damaged.
+        unsigned char head[64];
+        uint64_t end = 0;
+        if (size >= sizeof(head) && read_exactly(fd.get(), path, 0, head, sizeof(head)).is_ok() &&
+            hdf5_end_of_file(head, sizeof(head), &end) && end < size) {
+            return Status::corruption(path + ": " + std::to_string(size - end) +
+                                      " bytes follow the end of the HDF5 data and are not a "
+                                      "valid kiln checksum trailer" +
+                                      damaged);
+        }
+        return Status::ok();
+    }
+
+    // The footer, then the regions it counts, then the structure they leave.
+    const uint64_t hdf5_bytes = get_le(footer + 8, 8);
+    const uint64_t n = get_le(footer + 16, 4);
+    const uint32_t stored = static_cast<uint32_t>(get_le(footer + 20, 4));
+    const uint32_t footer_crc = static_cast<uint32_t>(get_le(footer + 28, 4));
+    if (n > kMaxRegions || hdf5_bytes > size ||
+        size - hdf5_bytes != n * kRegionBytes + kFooterBytes) {
+        return Status::corruption(path +
+                                  ": the kiln checksum trailer does not match the file's "
+                                  "size (truncated, or the trailer is damaged)" +
+                                  damaged);
+    }
+    std::vector<unsigned char> table(static_cast<size_t>(n * kRegionBytes) + kFooterBytes);
+    Status s = read_exactly(fd.get(), path, hdf5_bytes, table.data(), table.size());
+    if (!s.is_ok())
+        return s;
+    if (crc32_of(table.data(), table.size() - 4) != footer_crc) {
+        return Status::corruption(path + ": the kiln checksum trailer is damaged" + damaged);
+    }
+    std::vector<Region> regions(static_cast<size_t>(n));
+    for (size_t i = 0; i < regions.size(); ++i) {
+        regions[i].offset = get_le(table.data() + i * kRegionBytes, 8);
+        regions[i].length = get_le(table.data() + i * kRegionBytes + 8, 8);
+    }
+    if (!valid_regions(regions, hdf5_bytes)) {
+        return Status::corruption(path + ": the kiln checksum trailer lists invalid regions" +
+                                  damaged);
+    }
+    uint32_t actual = 0;
+    s = structure_crc(fd.get(), path, hdf5_bytes, regions, &actual);
+    if (!s.is_ok())
+        return s;
+    if (actual != stored) {
+        return Status::corruption(path + ": the HDF5 structure (everything but the datasets' " +
+                                  "values) fails its checksum: stored crc32 " + hex32(stored) +
+                                  ", computed " + hex32(actual) + damaged);
     }
     return Status::ok();
 }
@@ -462,6 +940,53 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
                   st.optimizer_state.size() * sizeof(float));
     }
 
+    // the running sums of a checkpoint taken within an epoch
+    if (!st.epoch_sums.empty()) {
+        s = write_vector_dataset(g, where, "epoch_sums", {hsize_t(st.epoch_sums.size())},
+                                 H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, st.epoch_sums.data());
+        if (!s.is_ok())
+            return s;
+        sums->add("/kiln/epoch_sums", st.epoch_sums.data(), st.epoch_sums.size() * sizeof(double));
+    }
+
+    // the snapshot slots (EarlyStopping's best weights), so a resumed run restores the same
+    if (!st.snapshots.empty()) {
+        h5::Group snapshots;
+        s = h5::create_group(g, where, "snapshots", &snapshots);
+        if (!s.is_ok())
+            return s;
+        const h5::Where snapshots_where = where.child("snapshots");
+        for (size_t i = 0; i < st.snapshots.size(); ++i) {
+            const SavedSnapshot& snap = st.snapshots[i];
+            const std::string index = std::to_string(i);
+            h5::Group one;
+            s = h5::create_group(snapshots.get(), snapshots_where, index, &one);
+            const h5::Where at = snapshots_where.child(index);
+            if (s.is_ok())
+                s = h5::write_string_attribute(one.get(), at, "name", snap.name);
+            if (s.is_ok())
+                s = write_int_attribute(one.get(), at, "taken_at", snap.taken_at);
+            for (const auto& [name, values] :
+                 {std::pair<const char*, const std::vector<float>*>{"trainable", &snap.trainable},
+                  {"nontrainable", &snap.nontrainable}}) {
+                if (!s.is_ok())
+                    break;
+                s = write_vector_dataset(one.get(), at, name, {hsize_t(values->size())},
+                                         H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, values->data());
+                if (s.is_ok()) {
+                    sums->add("/kiln/snapshots/" + index + "/" + name, values->data(),
+                              values->size() * sizeof(float));
+                }
+            }
+            if (!s.is_ok())
+                return s;
+            if (one.close() < 0)
+                return h5::io_failure(at, "H5Gclose failed");
+        }
+        if (snapshots.close() < 0)
+            return h5::io_failure(snapshots_where, "H5Gclose failed");
+    }
+
     // the history
     std::vector<int64_t> epochs(st.history_epochs.begin(), st.history_epochs.end());
     s = write_vector_dataset(g, where, "history_epoch", {hsize_t(epochs.size())}, H5T_STD_I64LE,
@@ -493,8 +1018,14 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
     if (history.close() < 0)
         return h5::io_failure(history_where, "H5Gclose failed");
 
-    // last, the checksums of everything above and of the weights
-    s = h5::write_string_attribute(g, where, "checksums", sums->json());
+    // last, the checksums of everything above and of the weights, attributes included
+    std::map<std::string, uint32_t> digests;
+    s = digest_attributes(file, path, "/", &digests);
+    if (!s.is_ok())
+        return s;
+    for (const auto& [key, crc] : digests)
+        sums->add_attribute(key, crc);
+    s = h5::write_string_attribute(g, where, kChecksumsAttribute, sums->json());
     if (!s.is_ok())
         return s;
     if (group.close() < 0)
@@ -504,7 +1035,7 @@ Status write_kiln_group(hid_t file, const std::string& path, const TrainingState
 
 // Reads the kiln group's training state (without verifying; the caller verifies).
 Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st, KilnExtras* extras,
-                       std::map<std::string, uint32_t>* checksums, bool read_optimizer_state) {
+                       RecordedChecksums* checksums, bool read_optimizer_state) {
     const h5::Where root{path, "/"};
     h5::Group group;
     Status s = h5::open_group(file, root, kKilnGroup, &group);
@@ -588,7 +1119,7 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st, K
             if (!s.is_ok())
                 return s;
             st->optimizer_state.resize(bytes.size() / sizeof(float));
-            std::memcpy(st->optimizer_state.data(), bytes.data(), bytes.size());
+            copy_bytes(st->optimizer_state.data(), bytes);
         } else {
             h5::Dataset d(H5Dopen2(g, "optimizer_state", H5P_DEFAULT));
             h5::Dataspace space(d.valid() ? H5Dget_space(d.get()) : -1);
@@ -607,16 +1138,83 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st, K
         st->optimizer_slots = static_cast<int>(shape[0]);
     }
 
-    // the history
+    // the running sums of a checkpoint taken within an epoch
     Shape shape;
     std::vector<unsigned char> bytes;
+    st->epoch_sums.clear();
+    s = h5::check_hard_path(g, where, "epoch_sums", &exists);
+    if (!s.is_ok())
+        return s;
+    if (exists) {
+        s = read_raw_dataset(g, where, "epoch_sums", H5T_NATIVE_DOUBLE, sizeof(double), &shape,
+                             &bytes);
+        if (!s.is_ok())
+            return s;
+        if (shape.size() != 1 || shape[0] > 64) {
+            return Status::corruption(where.child("epoch_sums").str() + ": expected a few sums, got " +
+                                      h5::shape_to_string(shape));
+        }
+        st->epoch_sums.resize(bytes.size() / sizeof(double));
+        copy_bytes(st->epoch_sums.data(), bytes);
+    }
+
+    // the snapshot slots
+    st->snapshots.clear();
+    s = h5::check_hard_path(g, where, "snapshots", &exists);
+    if (!s.is_ok())
+        return s;
+    if (exists) {
+        h5::Group snapshots;
+        s = h5::open_group(g, where, "snapshots", &snapshots);
+        if (!s.is_ok())
+            return s;
+        const h5::Where snapshots_where = where.child("snapshots");
+        for (size_t i = 0;; ++i) {
+            const std::string index = std::to_string(i);
+            bool more = false;
+            s = h5::check_hard_path(snapshots.get(), snapshots_where, index, &more);
+            if (!s.is_ok())
+                return s;
+            if (!more)
+                break;
+            if (i >= 16)
+                return Status::corruption(snapshots_where.str() + ": more than 16 snapshots");
+            h5::Group one;
+            s = h5::open_group(snapshots.get(), snapshots_where, index, &one);
+            const h5::Where at = snapshots_where.child(index);
+            SavedSnapshot snap;
+            if (s.is_ok())
+                s = h5::read_string_attribute(one.get(), at, "name", &snap.name);
+            if (s.is_ok()) {
+                s = read_scalar_attribute(one.get(), at, "taken_at", H5T_NATIVE_INT64,
+                                          &snap.taken_at);
+            }
+            for (const auto& [name, values] :
+                 {std::pair<const char*, std::vector<float>*>{"trainable", &snap.trainable},
+                  {"nontrainable", &snap.nontrainable}}) {
+                if (!s.is_ok())
+                    break;
+                s = read_raw_dataset(one.get(), at, name, H5T_NATIVE_FLOAT, sizeof(float), &shape,
+                                     &bytes);
+                if (s.is_ok()) {
+                    values->resize(bytes.size() / sizeof(float));
+                    copy_bytes(values->data(), bytes);
+                }
+            }
+            if (!s.is_ok())
+                return s;
+            st->snapshots.push_back(std::move(snap));
+        }
+    }
+
+    // the history
     s = read_raw_dataset(g, where, "history_epoch", H5T_NATIVE_INT64, sizeof(int64_t), &shape,
                          &bytes);
     if (!s.is_ok())
         return s;
     const size_t n_epochs = bytes.size() / sizeof(int64_t);
     std::vector<int64_t> epochs(n_epochs);
-    std::memcpy(epochs.data(), bytes.data(), bytes.size());
+    copy_bytes(epochs.data(), bytes);
     st->history_epochs.assign(epochs.begin(), epochs.end());
     h5::Group history;
     s = h5::open_group(g, where, "history", &history);
@@ -638,7 +1236,7 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st, K
         if (!s.is_ok())
             return s;
         std::vector<double> values(bytes.size() / sizeof(double));
-        std::memcpy(values.data(), bytes.data(), bytes.size());
+        copy_bytes(values.data(), bytes);
         if (values.size() != n_epochs) {
             return Status::corruption(history_where.child(key).str() + ": " +
                                       std::to_string(values.size()) + " values for " +
@@ -833,9 +1431,13 @@ Status pair_weights_with_config(const std::string& path, const ModelConfig& conf
 Status read_checkpoint(const std::string& path, bool strict, bool read_optimizer_state,
                        CheckpointContents* out, std::vector<ChecksumResult>* checks,
                        std::string* writer) {
+    // 0. The HDF5 structure, checked before libhdf5 parses any of it.
+    Status s = verify_trailer(path);
+    if (!s.is_ok())
+        return s;
     h5::HDF5Session session;
     h5::File file;
-    Status s = h5::open_file_read(path, &file);
+    s = h5::open_file_read(path, &file);
     if (!s.is_ok())
         return s;
     const hid_t f = file.get();
@@ -844,7 +1446,7 @@ Status read_checkpoint(const std::string& path, bool strict, bool read_optimizer
 
     // 1. The kiln group, and the checksums, before any weight is handed out.
     KilnExtras extras;
-    std::map<std::string, uint32_t> recorded;
+    RecordedChecksums recorded;
     if (has_kiln_group(f, path)) {
         TrainingState st;
         s = read_kiln_group(f, path, &st, &extras, &recorded, read_optimizer_state);
@@ -852,7 +1454,9 @@ Status read_checkpoint(const std::string& path, bool strict, bool read_optimizer
             return s;
         std::vector<ChecksumResult> results;
         s = verify_checksums(f, path, contents.weights_only ? "/layers" : "/model_weights",
-                             recorded, &results);
+                             recorded.datasets, &results);
+        if (s.is_ok())
+            s = verify_attributes(f, path, recorded, &results);
         if (!s.is_ok())
             return s;
         if (strict) {
@@ -904,6 +1508,18 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 }  // namespace
+
+uint32_t weights_crc32(const std::vector<LayerWeights>& weights) {
+    uLong crc = ::crc32(0L, Z_NULL, 0);
+    for (const LayerWeights& layer : weights) {
+        for (const NamedArray& a : layer.weights) {
+            static_assert(sizeof(a.values[0]) == sizeof(float), "float32 values");
+            crc = ::crc32(crc, reinterpret_cast<const Bytef*>(a.values.data()),
+                          static_cast<uInt>(a.values.size() * sizeof(float)));
+        }
+    }
+    return static_cast<uint32_t>(crc);
+}
 
 bool is_weights_file_name(const std::string& path) {
     return ends_with(path, kWeightsSuffix);
@@ -964,6 +1580,8 @@ Status save_checkpoint(const std::string& path, const SavedModel& model, bool we
     }
 
     h5::HDF5Session session;
+    std::string temporary;        // the file being written, for its trailer
+    std::vector<Region> regions;  // its datasets' values
     Status s = h5::publish_atomically(
         path,
         [&](hid_t file) {
@@ -986,9 +1604,18 @@ Status save_checkpoint(const std::string& path, const SavedModel& model, bool we
             }
             if (!w.is_ok())
                 return w;
-            return write_kiln_group(file, path, state, extras, &sums);
+            w = write_kiln_group(file, path, state, extras, &sums);
+            if (!w.is_ok())
+                return w;
+            return value_regions(file, path, sums.dataset_paths(), &temporary, &regions);
         },
-        before_rename);
+        [&]() -> Status {
+            // The file is closed; the trailer goes after HDF5's end of file.
+            Status t = append_trailer(temporary, path, regions);
+            if (!t.is_ok())
+                return t;
+            return before_rename ? before_rename() : Status::ok();
+        });
     return s.with_context(context);
 }
 

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -260,6 +261,15 @@ Status check_no_nul(const Where& where, const std::string& name, const std::stri
 // ---- the library --------------------------------------------------------------------------------
 
 HDF5Session::HDF5Session() {
+    // Before HDF5 starts: no clean-up at exit. A file whose H5Fclose failed (a full disk, an
+    // I/O error) stays open inside HDF5, and its clean-up at exit would try to flush it again
+    // and crash the process (libhdf5 1.10, seen in tests/reliability/disk_faults.py). kiln
+    // closes every file it opens; what a failed close leaves is a temporary already removed.
+    static const bool no_cleanup_at_exit = [] {
+        (void)H5dont_atexit();
+        return true;
+    }();
+    (void)no_cleanup_at_exit;
     static std::recursive_mutex mutex;
     lock_ = std::unique_lock<std::recursive_mutex>(mutex);
     thread_local bool quiet = false;
@@ -423,18 +433,21 @@ Status list_children(hid_t group, const Where& where, H5I_type_t type,
                      std::vector<std::string>* names) {
     names->clear();
     // Iterating by index keeps to calls whose signatures are the same in HDF5 1.10 and 1.12+
-    // (H5Literate and H5Oget_info changed), at the cost of one lookup per child.
+    // (H5Literate and H5Oget_info changed), at the cost of one lookup per child. In the index's
+    // native order, then sorted: asking for name order makes HDF5 build a table of every link of
+    // a large ("dense") group, and HDF5 1.10 frees that table's unfilled entries when a damaged
+    // link stops it half-way, a crash on a hostile file (tests/fuzz/regressions/hdf5/).
     H5G_info_t info;
     if (H5Gget_info(group, &info) < 0)
         return format_failure(where, "H5Gget_info failed");
     for (hsize_t i = 0; i < info.nlinks; ++i) {
         // Ask for the length first, then the name (HDF5 does not count the NUL).
         ssize_t length =
-            H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+            H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_NATIVE, i, nullptr, 0, H5P_DEFAULT);
         if (length < 0)
             return format_failure(where, "H5Lget_name_by_idx failed");
         std::vector<char> buffer(static_cast<size_t>(length) + 1, '\0');
-        if (H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, buffer.data(),
+        if (H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_NATIVE, i, buffer.data(),
                                buffer.size(), H5P_DEFAULT) < 0) {
             return format_failure(where, "H5Lget_name_by_idx failed");
         }
@@ -458,6 +471,7 @@ Status list_children(hid_t group, const Where& where, H5I_type_t type,
         if (object_type == type)
             names->push_back(std::move(name));
     }
+    std::sort(names->begin(), names->end());
     return Status::ok();
 }
 
@@ -586,6 +600,56 @@ Status write_string_list_attribute(hid_t obj, const Where& where, const std::str
 
 // ---- datasets -------------------------------------------------------------------------------
 
+Status check_dataset_storage(hid_t dataset, const Where& at, const Shape& shape,
+                             uint64_t declared) {
+    PropList dcpl(H5Dget_create_plist(dataset));
+    if (!dcpl.valid())
+        return format_failure(at, "H5Dget_create_plist failed");
+    H5D_layout_t layout = H5Pget_layout(dcpl.get());
+    if (layout == H5D_LAYOUT_ERROR)
+        return format_failure(at, "H5Pget_layout failed");
+    if (layout == H5D_VIRTUAL) {
+        return Status::unsupported(at.str() +
+                                   ": is a virtual dataset (its data lives in other "
+                                   "files); kiln reads ordinary datasets only");
+    }
+    int external = H5Pget_external_count(dcpl.get());
+    if (external < 0)
+        return format_failure(at, "H5Pget_external_count failed");
+    if (external > 0) {
+        return Status::unsupported(at.str() +
+                                   ": stores its data in external files; kiln reads "
+                                   "ordinary datasets only");
+    }
+    // H5Dget_storage_size returns 0 both for "nothing allocated" and on error; either way the
+    // checks below then refuse the dataset.
+    const uint64_t stored = H5Dget_storage_size(dataset);
+    if (layout == H5D_CONTIGUOUS && declared > 0) {
+        if (stored < declared) {
+            return Status::corruption(at.str() + ": declares " + shape_to_string(shape) + " (" +
+                                      std::to_string(declared) + " bytes) but the file " +
+                                      "stores " + std::to_string(stored) +
+                                      " (truncated, or never written)");
+        }
+        haddr_t offset = H5Dget_offset(dataset);
+        File owner(H5Iget_file_id(dataset));
+        hsize_t file_size = 0;
+        if (!owner.valid() || H5Fget_filesize(owner.get(), &file_size) < 0) {
+            return format_failure(at, "cannot get the file size");
+        }
+        if (offset != HADDR_UNDEF && offset + declared > file_size) {
+            return Status::corruption(at.str() + ": its data runs past the end of the file " +
+                                      "(truncated)");
+        }
+    } else if (layout == H5D_CHUNKED && declared > kBombFloor &&
+               declared / kMaxCompressionRatio > stored) {
+        return Status::corruption(at.str() + ": declares " + std::to_string(declared) +
+                                  " bytes but stores only " + std::to_string(stored) +
+                                  "; refusing an implausible compression ratio");
+    }
+    return Status::ok();
+}
+
 Status read_float_dataset(hid_t loc, const Where& where, const std::string& name, DatasetInfo* info,
                           std::vector<float>* values) {
     const Where at = where.child(name);
@@ -656,54 +720,12 @@ Status read_float_dataset(hid_t loc, const Where& where, const std::string& name
     }
 
     // 3. The declared bytes against what the file really holds, so a truncated or hostile file
-    //    is refused rather than read past its end or turned into a huge allocation.
-    PropList dcpl(H5Dget_create_plist(dataset.get()));
-    if (!dcpl.valid())
-        return format_failure(at, "H5Dget_create_plist failed");
-    H5D_layout_t layout = H5Pget_layout(dcpl.get());
-    if (layout == H5D_LAYOUT_ERROR)
-        return format_failure(at, "H5Pget_layout failed");
-    if (layout == H5D_VIRTUAL) {
-        return Status::unsupported(at.str() +
-                                   ": is a virtual dataset (its data lives in other "
-                                   "files); kiln reads ordinary datasets only");
-    }
-    int external = H5Pget_external_count(dcpl.get());
-    if (external < 0)
-        return format_failure(at, "H5Pget_external_count failed");
-    if (external > 0) {
-        return Status::unsupported(at.str() +
-                                   ": stores its data in external files; kiln reads "
-                                   "ordinary datasets only");
-    }
-    // `count` is at most 2^31 and element types a few bytes, so this product cannot overflow.
-    // H5Dget_storage_size returns 0 both for "nothing allocated" and on error; either way the
-    // checks below then refuse the dataset.
-    const uint64_t declared = static_cast<uint64_t>(count) * found.type_size;
-    const uint64_t stored = H5Dget_storage_size(dataset.get());
-    if (layout == H5D_CONTIGUOUS && declared > 0) {
-        if (stored < declared) {
-            return Status::corruption(at.str() + ": declares " + shape_to_string(found.shape) +
-                                      " (" + std::to_string(declared) + " bytes) but the file " +
-                                      "stores " + std::to_string(stored) +
-                                      " (truncated, or never written)");
-        }
-        haddr_t offset = H5Dget_offset(dataset.get());
-        File owner(H5Iget_file_id(dataset.get()));
-        hsize_t file_size = 0;
-        if (!owner.valid() || H5Fget_filesize(owner.get(), &file_size) < 0) {
-            return format_failure(at, "cannot get the file size");
-        }
-        if (offset != HADDR_UNDEF && offset + declared > file_size) {
-            return Status::corruption(at.str() + ": its data runs past the end of the file " +
-                                      "(truncated)");
-        }
-    } else if (layout == H5D_CHUNKED && declared > kBombFloor &&
-               declared / kMaxCompressionRatio > stored) {
-        return Status::corruption(at.str() + ": declares " + std::to_string(declared) +
-                                  " bytes but stores only " + std::to_string(stored) +
-                                  "; refusing an implausible compression ratio");
-    }
+    //    is refused rather than read past its end or turned into a huge allocation. `count` is
+    //    at most 2^31 and element types a few bytes, so the product cannot overflow.
+    s = check_dataset_storage(dataset.get(), at, found.shape,
+                              static_cast<uint64_t>(count) * found.type_size);
+    if (!s.is_ok())
+        return s;
 
     // 4. Read, converted by HDF5 from the stored type to native float.
     // HDF5 converts integers and other float widths (and byte orders) on the way in; values

@@ -174,6 +174,12 @@ struct DatasetInfo {
     bool is_unsigned = false;               // integer types only
 };
 
+// Checks what the open `dataset` declares, `declared` bytes of `shape`, against what the file
+// stores, before anything of that size is allocated: virtual datasets and external raw-data
+// files are refused, a contiguous dataset must store all of its bytes inside the file, and a
+// chunked (compressed) one may not declare more than 1000 times what it stores once past 64 MiB.
+Status check_dataset_storage(hid_t dataset, const Where& at, const Shape& shape, uint64_t declared);
+
 // Reads the numeric dataset `name` (a path below `loc`) converted to float32 by HDF5. The declared
 // shape is checked against kMaxDatasetElements and against the bytes the file actually stores
 // before any allocation; virtual and external datasets are refused.

@@ -45,6 +45,14 @@ constexpr const char* kSupportedClasses =
     "InputLayer, Dense, Activation, Dropout, Flatten, Conv2D, MaxPooling2D, AveragePooling2D, "
     "GlobalAveragePooling2D, BatchNormalization, Reshape";
 constexpr size_t kMaxJsonFileBytes = size_t{64} << 20;
+// Keras documents nest about ten levels deep. nlohmann's dump and comparisons recurse, so a
+// document of a million '[' would overflow the stack when a message quotes it: values nested
+// deeper than this are dropped while parsing and the document is refused.
+constexpr int kMaxJsonDepth = 64;
+// Keras class names are identifiers of a few dozen characters. Naming an unnamed layer runs
+// std::regex over its class name, whose time grows quickly with the length: longer ones are
+// refused before that.
+constexpr size_t kMaxClassNameChars = 256;
 
 const std::set<std::string> kActivations = {"linear",  "relu", "sigmoid", "tanh",
                                             "softmax", "gelu", "elu",     "leaky_relu"};
@@ -907,6 +915,116 @@ void assign_default_names(std::vector<LayerConfig>* layers) {
 
 // ---- the document ---------------------------------------------------------------------------
 
+// ---- sizes ----------------------------------------------------------------------------------
+
+// Bounds on what a description may declare, checked before anything is built or allocated: a
+// description is a few hundred bytes, and Dense(units=2^40) in one would otherwise become a
+// multi-terabyte (or overflowing) allocation when the model is compiled. 2^32 float32
+// parameters are 16 GiB, 64 GiB with their gradients and Adam's two slots.
+constexpr int64_t kMaxParameters = int64_t{1} << 32;
+// The elements of one sample at any layer's output (the input included).
+constexpr int64_t kMaxSampleElements = int64_t{1} << 31;
+
+int64_t saturating_mul(int64_t a, int64_t b) {
+    int64_t r = 0;
+    return __builtin_mul_overflow(a, b, &r) ? std::numeric_limits<int64_t>::max() : r;
+}
+
+int64_t saturating_add(int64_t a, int64_t b) {
+    int64_t r = 0;
+    return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<int64_t>::max() : r;
+}
+
+int64_t saturating_elements(const Shape& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape)
+        n = saturating_mul(n, d);
+    return n;
+}
+
+std::string shape_text(const Shape& shape) {
+    std::string text = "(";
+    for (size_t i = 0; i < shape.size(); ++i)
+        text += (i ? ", " : "") + std::to_string(shape[i]);
+    return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+// Walks the layers with an upper bound of each one's output shape (convolution and pooling
+// never grow the spatial dimensions; the layers check the exact shapes when the model is
+// built) and bounds the parameters each would allocate, so that a model too large to build is
+// refused here, naming the layer. `offset` is 1 when the InputLayer was added (message indices
+// count the document's own layers).
+Status check_sizes(const ModelConfig& model, size_t offset) {
+    Shape shape = model.layers[0].input_shape;
+    int64_t total = 0;
+    for (size_t i = 0; i < model.layers.size(); ++i) {
+        const LayerConfig& layer = model.layers[i];
+        const std::string where =
+            describe_layer(i - std::min(i, offset), layer.name, layer.class_name);
+        const int64_t channels = shape.empty() ? 1 : shape.back();
+        int64_t params = 0;
+        std::string what;  // the largest weight, for the message
+        if (layer.class_name == "Dense") {
+            params = saturating_add(saturating_mul(channels, layer.units),
+                                    layer.use_bias ? layer.units : 0);
+            what =
+                "a (" + std::to_string(channels) + ", " + std::to_string(layer.units) + ") kernel";
+            if (!shape.empty())
+                shape.back() = layer.units;
+        } else if (layer.class_name == "Conv2D") {
+            const int64_t window = saturating_mul(layer.kernel_size[0], layer.kernel_size[1]);
+            params = saturating_add(saturating_mul(saturating_mul(window, channels), layer.filters),
+                                    layer.use_bias ? layer.filters : 0);
+            what = "a (" + std::to_string(layer.kernel_size[0]) + ", " +
+                   std::to_string(layer.kernel_size[1]) + ", " + std::to_string(channels) + ", " +
+                   std::to_string(layer.filters) + ") kernel";
+            if (!shape.empty())
+                shape.back() = layer.filters;
+        } else if (layer.class_name == "BatchNormalization") {
+            params = saturating_mul(4, channels);
+            what = "4 vectors of " + std::to_string(channels);
+        } else if (layer.class_name == "GlobalAveragePooling2D") {
+            shape = layer.keepdims ? Shape{1, 1, channels} : Shape{channels};
+        } else if (layer.class_name == "Flatten") {
+            shape = {saturating_elements(shape)};
+        } else if (layer.class_name == "Reshape") {
+            const int64_t elements = saturating_elements(shape);
+            int64_t known = 1;
+            for (int64_t d : layer.target_shape)
+                known = d > 0 ? saturating_mul(known, d) : known;
+            shape = layer.target_shape;
+            for (int64_t& d : shape)
+                d = d > 0 ? d : elements / std::max<int64_t>(known, 1);
+        }
+        // InputLayer, Activation, Dropout and the pooling layers keep (or shrink) the shape.
+
+        const std::string count = params == std::numeric_limits<int64_t>::max()
+                                      ? std::string("more than 2^63")
+                                      : std::to_string(params);
+        if (params > kMaxParameters) {
+            return invalid(where, "declares " + count + " parameters (" + what +
+                                      "), more than kiln builds (" +
+                                      std::to_string(kMaxParameters) + ")");
+        }
+        const int64_t sample = saturating_elements(shape);
+        if (sample > kMaxSampleElements) {
+            return invalid(where, "its output of shape " + shape_text(shape) + " holds " +
+                                      (sample == std::numeric_limits<int64_t>::max()
+                                           ? std::string("more than 2^63")
+                                           : std::to_string(sample)) +
+                                      " elements per sample, more than kiln builds (" +
+                                      std::to_string(kMaxSampleElements) + ")");
+        }
+        total = saturating_add(total, params);
+        if (total > kMaxParameters) {
+            return invalid(where, "its " + count + " parameters (" + what +
+                                      ") bring the model past the " +
+                                      std::to_string(kMaxParameters) + " parameters kiln builds");
+        }
+    }
+    return Status::ok();
+}
+
 Status parse_document(const json& doc, ModelConfig* out) {
     if (!doc.is_object())
         return Status::invalid_argument("model config: must be a JSON object");
@@ -985,6 +1103,11 @@ Status parse_document(const json& doc, ModelConfig* out) {
         if (entry.is_object() && entry.contains("class_name") && entry["class_name"].is_string()) {
             stub.class_name = entry["class_name"].get<std::string>();
         }
+        if (stub.class_name.size() > kMaxClassNameChars) {
+            return unsupported("layer " + std::to_string(names.size() - (has_input ? 0 : 1)),
+                               "a class_name of " + std::to_string(stub.class_name.size()) +
+                                   " characters is not a Keras layer class");
+        }
         if (entry.is_object() && entry.contains("config") && entry["config"].is_object() &&
             entry["config"].contains("name") && entry["config"]["name"].is_string()) {
             stub.name = entry["config"]["name"].get<std::string>();
@@ -1041,6 +1164,9 @@ Status parse_document(const json& doc, ModelConfig* out) {
                                       "(Keras requires unique names)");
         }
     }
+    Status s = check_sizes(model, offset);
+    if (!s.is_ok())
+        return s;
     *out = std::move(model);
     return Status::ok();
 }
@@ -1170,10 +1296,27 @@ ordered_json layer_to_json(const LayerConfig& layer) {
 
 Status model_config_from_json(const std::string& json_text, ModelConfig* out) {
     json doc;
+    bool too_deep = false;
+    const json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t event,
+                                                            json& /*parsed*/) {
+        const bool opens = event == json::parse_event_t::object_start ||
+                           event == json::parse_event_t::array_start;
+        if (opens && depth >= kMaxJsonDepth) {
+            too_deep = true;
+            return false;  // drop the value, and everything inside it
+        }
+        return true;
+    };
     try {
-        doc = json::parse(json_text);
-    } catch (const json::parse_error& e) {
+        doc = json::parse(json_text, limit_depth);
+    } catch (const json::exception& e) {
+        // parse_error, and out_of_range for a number beyond double's range ("1e999").
         return Status::invalid_argument(std::string("model config: malformed JSON: ") + e.what());
+    }
+    if (too_deep) {
+        return Status::invalid_argument("model config: nested more than " +
+                                        std::to_string(kMaxJsonDepth) +
+                                        " levels deep; not a Keras model description");
     }
     // parse_document checks types before every access; this catch is the backstop that keeps
     // an unforeseen shape of document an error rather than a crash.

@@ -36,6 +36,7 @@ class BackupAndRestore : public Callback {
     void after_epoch_end(int epoch, const Logs& logs) override;
     void after_train_batch_end(int64_t batch, const Logs& logs) override;
     void on_train_end(const Logs& logs) override;
+    void on_interrupt(int epoch, int64_t batches_done) override;
 
     std::string state_key() const override { return "BackupAndRestore:" + dir_; }
     std::string state_json() const override;

@@ -103,6 +103,7 @@ class EarlyStopping : public MonitorCallback {
     int slot_ = -1;                 // the snapshot slot while training with restore_best_weights
     bool slot_holds_best_ = false;  // the slot holds the weights of best_epoch_
     bool resumed_ = false;          // restore_state ran: on_train_begin keeps the state
+    bool resumed_slot_holds_best_ = false;  // the saved state's slot_holds_best_
     bool restored_ = false;
 };
 

@@ -7,14 +7,15 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${KILN_TSAN_BUILD:-$repo/build-tsan}
 flags="-fsanitize=thread -g -O1"
+mkdir -p "$build"
 if [[ ! -f "$build/CMakeCache.txt" ]]; then
     cmake -S "$repo" -B "$build" -G Ninja -DKILN_USE_CUDA=OFF -DKILN_BUILD_BENCH=OFF \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
         -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=thread \
-        >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+        >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
 fi
-cmake --build "$build" --target writer_threads_test -j "$(nproc)" >"$build.build.log" 2>&1 ||
-    { tail -50 "$build.build.log"; exit 1; }
+cmake --build "$build" --target writer_threads_test -j "$(nproc)" >"$build/build.log" 2>&1 ||
+    { tail -50 "$build/build.log"; exit 1; }
 report=$(mktemp -u /tmp/kiln-tsan-XXXXXX)  # ThreadSanitizer writes $report.<pid> per report
 # Any report fails the run (exit code 66), and is printed in full.
 export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 log_path=$report"

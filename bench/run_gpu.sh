@@ -382,7 +382,7 @@ compare=("${py:-python3}" "$repo/bench/compare.py" --kiln "$build/bench/bench_fi
 read -ra compare_extra <<< "${KILN_COMPARE_ARGS:-}"
 if ((have_gpu)); then
     # The GPU first: it is what the machine is lent for. torch.compile runs last and longest.
-    run_step compare-cuda 240 "${compare[@]}" --device cuda --peer-modes eager,graph,compile \
+    run_step compare-cuda 240 "${compare[@]}" --device cuda --peer-modes eager,fused,graph,compile \
         --run-timeout 150 --log-dir "$logs/compare-cuda" --json "$out/compare-cuda.json" \
         "${compare_extra[@]}" || status=1
 else

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "kiln/ops.h"
 
@@ -36,6 +37,56 @@ constexpr double kEpsilon = 1e-7;
 template <typename T>
 KILN_HD T clip(T x, T lo, T hi) {
     return x < lo ? lo : (x > hi ? hi : x);
+}
+
+// ---- GEMM operand formats (kiln/ops.h, Precision) --------------------------------------------
+// A float32 rounded to fewer mantissa bits and kept in a float32, to nearest, ties to even:
+// TF32 keeps 10 of float32's 23 explicit mantissa bits, bfloat16 7 (8 with the implicit one).
+// Both keep float32's exponent, so the only overflow is IEEE's: a value past the midpoint
+// between the format's largest finite value and 2^128 (FLT_MAX is) rounds to infinity.
+// Infinities and NaN, payload included, pass through unchanged; subnormals round like any other
+// value (a carry moves into the exponent). The CPU backend rounds its GEMM operands with this,
+// element by element, so a test can compute the same operands.
+
+KILN_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(x);
+#else
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof(u));
+    return u;
+#endif
+}
+
+KILN_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(u);
+#else
+    float x;
+    std::memcpy(&x, &u, sizeof(x));
+    return x;
+#endif
+}
+
+// The low mantissa bits of a float32 a format drops: 13 for TF32, 16 for bfloat16.
+KILN_HD int dropped_mantissa_bits(Precision p) {
+    return p == Precision::kTf32 ? 13 : (p == Precision::kBf16 ? 16 : 0);
+}
+
+// x with its low `dropped` mantissa bits (0..22) rounded away.
+KILN_HD float round_mantissa(float x, int dropped) {
+    uint32_t u = float_bits(x);
+    if (dropped <= 0 || (u & 0x7f800000u) == 0x7f800000u)
+        return x;
+    // Adding just under half a unit, plus the kept lowest bit, carries exactly when the dropped
+    // bits are above half, or at half with an odd kept part: round to nearest, ties to even.
+    const uint32_t lowest_kept = (u >> dropped) & 1u;
+    u += ((1u << (dropped - 1)) - 1u) + lowest_kept;
+    return bits_float(u & ~((1u << dropped) - 1u));
+}
+
+KILN_HD float round_to_precision(float x, Precision p) {
+    return round_mantissa(x, dropped_mantissa_bits(p));
 }
 
 // ---- activations ---------------------------------------------------------------------------

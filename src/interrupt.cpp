@@ -48,6 +48,13 @@ void install_interrupt_handlers() {
     sigaction(SIGTERM, &action, nullptr);
 }
 
+void uninstall_interrupt_handlers() {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (const int pending = requested.exchange(0))
+        raise(pending);
+}
+
 int interrupt_requested() {
     return requested.load(std::memory_order_relaxed);
 }

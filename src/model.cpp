@@ -287,6 +287,11 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
         layer->set_fused_output(false);
     layers_.back()->set_fused_output(spec.fused_output);
 
+    if (options.precision != Precision::kFp32 && options.dtype != DType::kFloat32) {
+        throw Error("compile: precision " + precision_name(options.precision) +
+                    " rounds float32 GEMM operands; dtype " + dtype_name(options.dtype) +
+                    " takes precision fp32 only");
+    }
     BackendSelection selection = select_backend(options.device);
     if (!selection.backend->supports(options.dtype)) {
         throw Error(std::string("compile: the ") + selection.backend->description() +
@@ -297,6 +302,16 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
     device_message_ = selection.message;
     if (options.log)
         std::fprintf(options.log, "kiln: %s\n", device_message_.c_str());
+    backend_->set_precision(options.precision);
+    if (options.log && options.precision == Precision::kTf32) {
+        std::fprintf(options.log,
+                     "kiln: precision tf32: GEMM operands rounded to TF32; float32 sums, "
+                     "weights and optimizer state\n");
+    } else if (options.log && options.precision == Precision::kBf16) {
+        std::fprintf(options.log,
+                     "kiln: precision bf16: Dense GEMM operands rounded to bfloat16, Conv2D's "
+                     "to TF32; float32 sums, weights and optimizer state\n");
+    }
     dtype_ = options.dtype;
     optimizer_ = optimizer;
     loss_ = loss;

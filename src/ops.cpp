@@ -64,4 +64,29 @@ int optimizer_state_slots(const OptimizerStep& step) {
     return 0;
 }
 
+bool parse_precision(const std::string& name, Precision* out) {
+    if (name == "fp32") {
+        *out = Precision::kFp32;
+    } else if (name == "tf32") {
+        *out = Precision::kTf32;
+    } else if (name == "bf16") {
+        *out = Precision::kBf16;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+std::string precision_name(Precision p) {
+    switch (p) {
+        case Precision::kFp32:
+            return "fp32";
+        case Precision::kTf32:
+            return "tf32";
+        case Precision::kBf16:
+            return "bf16";
+    }
+    return "fp32";
+}
+
 }  // namespace kiln

@@ -254,6 +254,25 @@ TEST_F(CudaVsCpuTest, PeekReturnsTheNewestCompletedCopyAndIsNotARead) {
 
 // ---- dense algebra -----------------------------------------------------------------------------
 
+// Out of device memory is an error that says how much was asked for and how much is free,
+// and the backend stays usable after it.
+TEST_F(CudaVsCpuTest, OutOfMemoryNamesTheSizeAndTheFreeMemory) {
+    const size_t huge = size_t(1) << 50;  // 1 PiB
+    try {
+        void* p = cuda_->allocate(huge);
+        cuda_->deallocate(p, huge);
+        FAIL() << "allocating 1 PiB succeeded";
+    } catch (const Error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("out of device memory allocating " + std::to_string(huge) + " bytes"),
+                  std::string::npos)
+            << what;
+        EXPECT_NE(what.find("bytes free"), std::string::npos) << what;
+    }
+    const Both small = both(std::vector<float>{1, 2, 3}, {3});
+    EXPECT_EQ(values<float>(small.cuda), (std::vector<float>{1, 2, 3}));
+}
+
 TEST_F(CudaVsCpuTest, GemmMatchesForEveryTranspositionAndShape) {
     struct Case {
         int64_t m, n, k;
@@ -276,6 +295,43 @@ TEST_F(CudaVsCpuTest, GemmMatchesForEveryTranspositionAndShape) {
                     // float32 sums of k products of values in [-1, 1]
                     EXPECT_TRUE(matches_cpu(values<float>(c.cpu), values<float>(c.cuda),
                                             2e-6 * double(s.k), 1e-5, s.n));
+                }
+            }
+        }
+    }
+}
+
+// In tf32 and bf16 the CUDA backend (cuBLAS's _FAST_TF32 and _FAST_16BF compute types) against
+// the CPU reference, which rounds its operands to the format to nearest even. The tensor cores
+// may round the operands otherwise, and cuBLAS may run a _FAST_16BF GEMM in TF32, so the two
+// differ by the format's rounding of each product (a few units of the format), not float32's:
+// with values in [-1, 1], about sqrt(k) such errors. The tolerance allows 4 units · sqrt(k).
+TEST_F(CudaVsCpuTest, GemmInEachPrecisionMatchesTheCpuReference) {
+    struct Case {
+        int64_t m, n, k;
+    };
+    const Case cases[] = {{1, 1, 1}, {33, 17, 65}, {128, 256, 784}, {5, 300, 3}};
+    for (Precision p : {Precision::kFp32, Precision::kTf32, Precision::kBf16}) {
+        cpu_->set_precision(p);
+        cuda_->set_precision(p);
+        const double unit = std::ldexp(1.0, math::dropped_mantissa_bits(p) - 23);
+        for (const Case& s : cases) {
+            for (int ta = 0; ta < 2; ++ta) {
+                for (int tb = 0; tb < 2; ++tb) {
+                    SCOPED_TRACE(::testing::Message()
+                                 << precision_name(p) << " m " << s.m << " n " << s.n << " k "
+                                 << s.k << " trans_a " << ta << " trans_b " << tb);
+                    Both a = both(random_values(size_t(s.m * s.k), 10), {s.m * s.k});
+                    Both b = both(random_values(size_t(s.k * s.n), 11), {s.k * s.n});
+                    Both c = both(random_values(size_t(s.m * s.n), 12), {s.m * s.n});
+                    cpu_->gemm(ta, tb, s.m, s.n, s.k, 0.7f, a.cpu.view(), b.cpu.view(), 0.5f,
+                               c.cpu.view());
+                    cuda_->gemm(ta, tb, s.m, s.n, s.k, 0.7f, a.cuda.view(), b.cuda.view(), 0.5f,
+                                c.cuda.view());
+                    const double format =
+                        p == Precision::kFp32 ? 0.0 : 4 * unit * std::sqrt(double(s.k));
+                    EXPECT_TRUE(matches_cpu(values<float>(c.cpu), values<float>(c.cuda),
+                                            2e-6 * double(s.k) + format, 1e-5, s.n));
                 }
             }
         }

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <ostream>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -47,6 +48,11 @@ const Target kTargets[] = {
     {"model_json", fuzz::model_json, false},
     {"checkpoint", fuzz::checkpoint, true},
 };
+
+// gtest's name for a parameter in messages.
+void PrintTo(const Target& target, std::ostream* os) {
+    *os << target.name;
+}
 
 // The files of one corpus folder, in name order; none when the folder does not exist (a target
 // without regressions has no folder).
@@ -122,8 +128,8 @@ TEST_P(FuzzReplay, EveryInputReturnsAStatus) {
             EXPECT_EQ(fuzz::open_hdf5_objects(), 0) << "HDF5 identifiers left open";
         }
     }
-    std::printf("fuzz_%s: %zu inputs replayed (%zu seeds), %d loaded\n", target.name,
-                inputs.size(), seeds.size(), loaded);
+    std::printf("fuzz_%s: %zu inputs replayed (%zu seeds), %d loaded\n", target.name, inputs.size(),
+                seeds.size(), loaded);
 }
 
 INSTANTIATE_TEST_SUITE_P(Loaders, FuzzReplay, ::testing::ValuesIn(kTargets),

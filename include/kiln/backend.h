@@ -98,9 +98,18 @@ class Backend {
     // next. It must not outlive the backend.
     virtual std::unique_ptr<StagingBuffer> make_staging_buffer(size_t bytes) = 0;
 
+    // ---- precision ------------------------------------------------------------------------
+    // The format the later gemm and conv2d_* calls take their operands in (kiln/ops.h: the
+    // Dense GEMMs in `precision`, the convolutions in conv_precision(precision)); kFp32 until
+    // set. Sequential::compile sets it from CompileOptions::precision. Other ops are float32
+    // in every mode. Anything but kFp32 needs float32 operands.
+    void set_precision(Precision precision) { precision_ = precision; }
+    Precision precision() const { return precision_; }
+
     // ---- dense algebra --------------------------------------------------------------------
     // c(m×n) = alpha · op(a) · op(b) + beta · c, op(x) = x or xᵀ. a is stored m×k (or k×m when
     // transposed), b k×n (or n×k). Views give the pointers and dtype; their shapes are not used.
+    // a and b are rounded to precision()'s format; the sum is float32 (float64 for float64).
     virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                       const View& a, const View& b, float beta, const View& c) = 0;
 
@@ -186,6 +195,7 @@ class Backend {
 
   protected:
     uint64_t reads_ = 0;
+    Precision precision_ = Precision::kFp32;
 };
 
 enum class DeviceChoice { kAuto, kCuda, kCpu };

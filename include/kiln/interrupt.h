@@ -18,6 +18,9 @@ namespace kiln {
 
 // Installs the handlers (process-wide, SA_RESTART); calling it again changes nothing.
 void install_interrupt_handlers();
+// Back to the default handling of both signals; a signal that arrived meanwhile is raised
+// again now, so it ends the process as it would have.
+void uninstall_interrupt_handlers();
 // The signal that asked training to stop, or 0.
 int interrupt_requested();
 // As if `signal` had arrived once (for tests and embedding programs), and back to none.

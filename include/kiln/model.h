@@ -40,6 +40,10 @@ struct CompileOptions {
     uint64_t seed = 1;
     // float32, or float64 on the CPU (the gradient checks run the real layers in double).
     DType dtype = DType::kFloat32;
+    // The format of the GEMMs' operands (kiln/ops.h): kFp32, float32 with TF32 off, is the
+    // default; kTf32 and kBf16 round the operands of the Dense and Conv2D GEMMs and keep
+    // float32 sums, weights, gradients, optimizer state and activations. Float32 only.
+    Precision precision = Precision::kFp32;
     // Where the device choice is reported ("kiln: using cpu ..."); null for silence.
     std::FILE* log = stderr;
 };

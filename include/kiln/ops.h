@@ -70,4 +70,26 @@ struct OptimizerStep {
 // How many state slots (each the size of the parameter buffer) an optimizer keeps.
 int optimizer_state_slots(const OptimizerStep& step);
 
+// The number format the GEMMs take their operands in (Dense forward and backward, Conv2D).
+// Every mode accumulates in float32 and keeps weights, gradients, optimizer state and the
+// activations between layers in float32; only the GEMMs' multiplicands are rounded.
+//  - kFp32: float32 operands, no TF32 anywhere (the default; pedantic cuBLAS, FMA-only cuDNN).
+//  - kTf32: operands rounded to TF32 (10 explicit mantissa bits, round to nearest even).
+//  - kBf16: Dense operands rounded to bfloat16 (7 explicit mantissa bits, round to nearest
+//    even); Conv2D's operands to TF32, since cuDNN's float32 convolutions have no bfloat16 math
+//    (conv_precision).
+// The CPU backend rounds copies of the operands (math::round_to_precision) before OpenBLAS;
+// the CUDA backend asks cuBLAS for CUBLAS_COMPUTE_32F_FAST_TF32 / _FAST_16BF and cuDNN for
+// tensor-op math, whose hardware rounding may differ from the CPU's in the last kept bit.
+enum class Precision { kFp32, kTf32, kBf16 };
+
+// What Conv2D's GEMMs use in a mode: the mode, except TF32 for kBf16.
+inline Precision conv_precision(Precision p) {
+    return p == Precision::kBf16 ? Precision::kTf32 : p;
+}
+
+// "fp32", "tf32", "bf16"; parse returns false for another name.
+bool parse_precision(const std::string& name, Precision* out);
+std::string precision_name(Precision p);
+
 }  // namespace kiln

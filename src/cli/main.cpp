@@ -439,6 +439,7 @@ struct FitFlags {
     bool from_logits = false;
     std::string metric = "accuracy";
     uint64_t seed = 1;
+    std::string precision = "fp32";  // the GEMMs' operand format (kiln/ops.h)
     bool no_shuffle = false;
     std::string metrics_json;
     std::string save;
@@ -485,6 +486,7 @@ void take_fit_args(const kiln::TrainingState& state, FitFlags* f) {
 std::unique_ptr<kiln::Sequential> resume_model(FitFlags* f, kiln::TrainingState* state) {
     kiln::CompileOptions options;
     options.device = device_choice(f->data.device);
+    kiln::parse_precision(f->precision, &options.precision);  // checked by the flag
     auto model = kiln::load_model(f->resume, options);
     kiln::throw_if_error(model->restore_training_state(f->resume, state));
     take_fit_args(*state, f);
@@ -549,6 +551,7 @@ int run_fit(FitFlags f) {
     kiln::CompileOptions options;
     options.device = device_choice(f.data.device);
     options.seed = f.seed;
+    kiln::parse_precision(f.precision, &options.precision);  // checked by the flag
     std::vector<std::string> metrics;
     if (!f.metric.empty() && f.metric != "none")
         metrics.push_back(f.metric);
@@ -595,6 +598,7 @@ int run_fit(FitFlags f) {
 
     nlohmann::json report;
     report["device"] = model.device_message();
+    report["precision"] = kiln::precision_name(model.backend().precision());
     report["epochs"] = history.epoch;
     report["fit_seconds"] = seconds;
     report["host_reads"] = model.backend().reads();
@@ -779,6 +783,9 @@ int run_predict(const std::string& model_path, const DataFlags& f, const std::st
 }  // namespace
 
 int main(int argc, char** argv) {
+    // First of all, so that a signal during start-up is a request too (fit takes it at its
+    // first step); the other commands go back to the default handling below.
+    kiln::install_interrupt_handlers();
     CLI::App app{
         "kiln: a GPU-native training engine with Keras's fit.\n"
         "Run `kiln fit` for the default job (an MLP on Fashion-MNIST), or\n"
@@ -829,6 +836,12 @@ int main(int argc, char** argv) {
         ->add_option("--seed", fit.seed,
                      "Seeds weights, shuffles and dropout: same seed, same backend, same run")
         ->capture_default_str();
+    fit_cmd
+        ->add_option("--precision", fit.precision,
+                     "GEMM operands: fp32 (TF32 off), tf32, or bf16 (Dense in bfloat16, Conv2D "
+                     "in TF32); float32 sums, weights and optimizer state in every mode")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
     fit_cmd->add_flag("--no-shuffle", fit.no_shuffle, "Keep the training order every epoch");
     fit_cmd->add_option("--metrics-json", fit.metrics_json,
                         "Also write the history and the test figures to this JSON file");
@@ -902,10 +915,9 @@ int main(int argc, char** argv) {
     fit.validation_split_given = fit_cmd->count("--validation-split") > 0;
     fit.shuffle_given = fit_cmd->count("--no-shuffle") > 0;
     try {
-        if (fit_cmd->parsed()) {
-            kiln::install_interrupt_handlers();
+        if (fit_cmd->parsed())
             return run_fit(fit);
-        }
+        kiln::uninstall_interrupt_handlers();
         if (eval_cmd->parsed()) {
             return run_evaluate(eval_model, eval, eval_architecture, eval_loss);
         }

@@ -5,8 +5,12 @@
 //   threshold is raised to "never", so freed blocks stay in the pool and the next allocation of
 //   that size reuses them without a driver call.
 // - cuBLAS is bound to the stream with a workspace the backend owns, so cuBLAS never allocates
-//   behind the stream's back (which a CUDA graph capture would not allow), and its math mode is
-//   pedantic: plain float32 FMA, no TF32 or BF16x9 emulation, whatever the environment says.
+//   behind the stream's back (which a CUDA graph capture would not allow). In fp32 precision
+//   (the default) its math mode is pedantic: plain float32 FMA, no TF32 or BF16x9 emulation,
+//   whatever the environment says. In tf32 and bf16 precision (kiln/ops.h) the GEMMs go through
+//   cublasGemmEx with float32 storage and the compute type CUBLAS_COMPUTE_32F_FAST_TF32 or
+//   CUBLAS_COMPUTE_32F_FAST_16BF (tensor cores, float32 accumulation); cuBLAS may run a
+//   _FAST_16BF GEMM in TF32 instead, which is only more accurate.
 // - `upload` stages through pinned buffers, so the caller may reuse its host buffer at once while
 //   the copy to the device is still in flight. `read` is the only call that waits for the device
 //   on the caller's behalf, and it is counted. `peek` never waits.
@@ -198,6 +202,8 @@ class CudaBackend final : public Backend {
   private:
     // cuDNN's handle, plans and scratch, made at the first image op.
     cuda::CudnnOps& cudnn();
+    // The handle's math mode, set only when it changes (a host-side setting, safe in a capture).
+    void set_cublas_math(cublasMath_t mode);
 
     // A block of backend-owned scratch from the pool, grown on demand.
     struct Scratch {
@@ -227,6 +233,7 @@ class CudaBackend final : public Backend {
     PoolPtr pool_;
     DeviceMemoryPtr cublas_workspace_;
     CublasPtr cublas_;
+    cublasMath_t cublas_math_ = CUBLAS_PEDANTIC_MATH;  // as set in the constructor
 
     PinnedMemoryPtr upload_staging_;  // kUploadSlots × kUploadChunkBytes, allocated on first use
     EventPtr upload_done_[kUploadSlots];
@@ -580,10 +587,31 @@ void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
     const int64_t lda = std::max<int64_t>(1, trans_a ? m : k);
     const int64_t ldb = std::max<int64_t>(1, trans_b ? k : n);
     const int64_t ldc = n;
-    KILN_CUBLAS_CHECK(cublasSgemm_64(cublas_.get(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                     trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha,
-                                     b.as<const float>(), ldb, a.as<const float>(), lda, &beta,
-                                     c.as<float>(), ldc));
+    const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (precision_ == Precision::kFp32) {
+        set_cublas_math(CUBLAS_PEDANTIC_MATH);
+        KILN_CUBLAS_CHECK(cublasSgemm_64(cublas_.get(), op_b, op_a, n, m, k, &alpha,
+                                         b.as<const float>(), ldb, a.as<const float>(), lda, &beta,
+                                         c.as<float>(), ldc));
+        return;
+    }
+    // Default math for these, so that no pedantic handle setting can override the compute type.
+    set_cublas_math(CUBLAS_DEFAULT_MATH);
+    const cublasComputeType_t compute = precision_ == Precision::kTf32
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F_FAST_16BF;
+    KILN_CUBLAS_CHECK(cublasGemmEx_64(cublas_.get(), op_b, op_a, n, m, k, &alpha,
+                                      b.as<const float>(), CUDA_R_32F, ldb, a.as<const float>(),
+                                      CUDA_R_32F, lda, &beta, c.as<float>(), CUDA_R_32F, ldc,
+                                      compute, CUBLAS_GEMM_DEFAULT));
+}
+
+void CudaBackend::set_cublas_math(cublasMath_t mode) {
+    if (mode == cublas_math_)
+        return;
+    KILN_CUBLAS_CHECK(cublasSetMathMode(cublas_.get(), mode));
+    cublas_math_ = mode;
 }
 
 // ---- element-wise and row-wise ops -------------------------------------------------------------
@@ -692,6 +720,7 @@ void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset
 cuda::CudnnOps& CudaBackend::cudnn() {
     if (!cudnn_)
         cudnn_ = std::make_unique<cuda::CudnnOps>(stream(), *this);
+    cudnn_->set_precision(precision_);
     return *cudnn_;
 }
 

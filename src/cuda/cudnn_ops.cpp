@@ -169,12 +169,14 @@ std::string describe(const Conv2DGeometry& g) {
            pair(g.pad_left, g.pad_right);
 }
 
-using ConvKey = std::array<int64_t, 17>;
+using ConvKey = std::array<int64_t, 18>;
 
-ConvKey key_of(const Conv2DGeometry& g) {
-    return {g.batch,      g.in_h,     g.in_w,       g.in_c,     g.out_h,    g.out_w,
-            g.out_c,      g.kernel_h, g.kernel_w,   g.stride_h, g.stride_w, g.dilation_h,
-            g.dilation_w, g.pad_top,  g.pad_bottom, g.pad_left, g.pad_right};
+// The geometry and the math (TF32 allowed or not): an algorithm timed fastest under one math
+// is not the fastest, or not even allowed, under the other.
+ConvKey key_of(const Conv2DGeometry& g, bool tf32) {
+    return {g.batch,      g.in_h,     g.in_w,       g.in_c,     g.out_h,     g.out_w,
+            g.out_c,      g.kernel_h, g.kernel_w,   g.stride_h, g.stride_w,  g.dilation_h,
+            g.dilation_w, g.pad_top,  g.pad_bottom, g.pad_left, g.pad_right, tf32 ? 1 : 0};
 }
 
 // One algorithm choice for one direction of one convolution shape.
@@ -247,6 +249,7 @@ struct CudnnOps::Impl {
 
     cudaStream_t stream;
     Backend& memory;
+    bool tf32 = false;  // the convolutions may use TF32 tensor cores (set_precision)
     // Declaration order is destruction order reversed: the plans' descriptors go first, then
     // the scratch (freed on the stream, after the work that uses it), then the handle.
     HandlePtr handle;
@@ -268,7 +271,7 @@ cudnnHandle_t CudnnOps::Impl::handle_for_use() {
 }
 
 ConvPlan& CudnnOps::Impl::conv_plan(const Conv2DGeometry& g) {
-    const ConvKey key = key_of(g);
+    const ConvKey key = key_of(g, tf32);
     auto found = conv_plans.find(key);
     if (found != conv_plans.end())
         return *found->second;
@@ -294,9 +297,11 @@ ConvPlan& CudnnOps::Impl::conv_plan(const Conv2DGeometry& g) {
         plan->conv.get(), pad_h, pad_w, to_int(g.stride_h, "stride_h"),
         to_int(g.stride_w, "stride_w"), to_int(g.dilation_h, "dilation_h"),
         to_int(g.dilation_w, "dilation_w"), CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-    // Plain float32 FMA, no TF32: the same math as the CUDA backend's pedantic cuBLAS and the
-    // CPU reference.
-    KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(plan->conv.get(), CUDNN_FMA_MATH));
+    // fp32: plain float32 FMA, no TF32, the same math as the CUDA backend's pedantic cuBLAS and
+    // the CPU reference. tf32: cuDNN's default math, which allows TF32 tensor cores for float32
+    // data (the CPU reference then rounds its operands to TF32).
+    KILN_CUDNN_CHECK(
+        cudnnSetConvolutionMathType(plan->conv.get(), tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
 
     // cuDNN must agree with Keras's output size (a broken invariant otherwise).
     int n = 0, c = 0, h = 0, w = 0;
@@ -359,6 +364,10 @@ CudnnOps::CudnnOps(cudaStream_t stream, Backend& memory)
     : impl_(std::make_unique<Impl>(stream, memory)) {}
 
 CudnnOps::~CudnnOps() = default;
+
+void CudnnOps::set_precision(Precision precision) {
+    impl_->tf32 = conv_precision(precision) != Precision::kFp32;
+}
 
 void CudnnOps::conv2d_forward(const Conv2DGeometry& g, const float* x, const float* kernel,
                               float* y) {

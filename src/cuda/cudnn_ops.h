@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include "kiln/conv_ops.h"
+#include "kiln/ops.h"
 
 namespace kiln {
 
@@ -27,6 +28,12 @@ class CudnnOps {
     ~CudnnOps();
     CudnnOps(const CudnnOps&) = delete;
     CudnnOps& operator=(const CudnnOps&) = delete;
+
+    // The math of the convolutions that follow: kFp32 is FMA only (CUDNN_FMA_MATH, no TF32),
+    // kTf32 lets cuDNN choose TF32 tensor-core algorithms (CUDNN_DEFAULT_MATH on sm_80 and
+    // later). kBf16 is taken as kTf32: float32 tensors have no bfloat16 math in cuDNN
+    // (kiln/ops.h, conv_precision). Each shape keeps a plan per math.
+    void set_precision(Precision precision);
 
     void conv2d_forward(const Conv2DGeometry& g, const float* x, const float* kernel, float* y);
     void conv2d_backward_data(const Conv2DGeometry& g, const float* dy, const float* kernel,

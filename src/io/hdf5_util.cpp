@@ -442,8 +442,8 @@ Status list_children(hid_t group, const Where& where, H5I_type_t type,
         return format_failure(where, "H5Gget_info failed");
     for (hsize_t i = 0; i < info.nlinks; ++i) {
         // Ask for the length first, then the name (HDF5 does not count the NUL).
-        ssize_t length =
-            H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_NATIVE, i, nullptr, 0, H5P_DEFAULT);
+        ssize_t length = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_NATIVE, i, nullptr,
+                                            0, H5P_DEFAULT);
         if (length < 0)
             return format_failure(where, "H5Lget_name_by_idx failed");
         std::vector<char> buffer(static_cast<size_t>(length) + 1, '\0');

@@ -17,8 +17,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // A leaked identifier keeps the file open in HDF5, so it is a bug like a leaked allocation.
     const ssize_t open = kiln::fuzz::open_hdf5_objects();
     if (open != 0) {
-        std::fprintf(stderr, "kiln fuzz: %zd HDF5 identifiers left open after the loader "
-                     "returned\n", open);
+        std::fprintf(stderr,
+                     "kiln fuzz: %zd HDF5 identifiers left open after the loader "
+                     "returned\n",
+                     open);
         std::abort();
     }
 #endif

@@ -116,6 +116,7 @@ def classify(report):
                           (r"ERROR: libFuzzer: out-of-memory", "rss over limit"),
                           (r"ERROR: LeakSanitizer", "leak"),
                           (r"runtime error:", "undefined behaviour"),
+                          (r"AddressSanitizer: requested allocation size", "allocation too big"),
                           (r"AddressSanitizer: ([\w-]+)", None),
                           (r"terminate called after throwing", "uncaught exception"),
                           (r"ERROR: libFuzzer: deadly signal", "deadly signal")]:

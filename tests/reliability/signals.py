@@ -33,7 +33,7 @@ def main():
     args = harness.parse_args(__doc__.split("\n")[0], default_count=20, long_count=200)
     rng = random.Random(args.seed)
     failures = []
-    stopped = finished = doubles = verified = resumed_exact = nothing_trained = late = 0
+    stopped = finished = doubles = verified = resumed_exact = nothing_trained = late = early = 0
     slowest = 0.0
     with harness.Workdir(args.keep) as work:
         data = harness.make_dataset(os.path.join(work, "data"))
@@ -83,6 +83,14 @@ def main():
             interrupted = os.path.join(run_dir, "interrupted.h5")
             if p.returncode == 0:
                 finished += 1
+                continue
+            if p.returncode == -sig and not err.strip():
+                # Before main() installed the handlers (the dynamic loader, start-up): the
+                # default action ended the process; it had written nothing.
+                early += 1
+                written = [f for f in os.listdir(run_dir) if f.endswith(".h5")]
+                if written:
+                    failures.append(f"{what}: killed before start-up ended, yet wrote {written}")
                 continue
             if p.returncode != 128 + sig:
                 failures.append(f"{what}: exit {p.returncode}, not {128 + sig}: {err[-300:]}")
@@ -137,7 +145,8 @@ def main():
     harness.report(
         f"signals: {args.count} runs: {stopped} stopped by the signal ({doubles} by two SIGINTs, "
         f"{nothing_trained} before any step, {late} after the last step), {finished} had "
-        f"finished; exit within "
+        f"finished, {early} came before start-up had installed the handlers (ended by the "
+        f"signal, nothing written); exit within "
         f"{slowest:.2f} s of the signal at most (bound {BOUND:.0f} s), 0 deadlocks; "
         f"{verified} interrupt checkpoints verified at the step named, {resumed_exact} resumed "
         f"runs bit-exact against a run never interrupted", failures)

@@ -366,7 +366,9 @@ fi
 if ((status != 0)); then
     record ctest "not run" 0 "the build did not pass"
 else
-    ctest_args=(--test-dir "$build" --output-on-failure --parallel "$jobs" --timeout 120)
+    # The reliability suite runs on the build machine (it needs clang and builds of its own).
+    ctest_args=(--test-dir "$build" --output-on-failure --parallel "$jobs" --timeout 120
+                -LE reliability)
     # (grep without -q: with pipefail, an early exit of grep -q would fail the pipe)
     if ctest --help 2> /dev/null | grep -- --output-junit > /dev/null; then
         ctest_args+=(--output-junit "$out/ctest-junit.xml")
@@ -387,6 +389,17 @@ if ((have_gpu)); then
         "${compare_extra[@]}" || status=1
 else
     record compare-cuda skipped 0 "no GPU (nvidia-smi -L found none)"
+fi
+# compute-sanitizer over the CUDA-against-CPU tests: memcheck (out-of-bounds and misaligned
+# accesses, leaks) and racecheck (shared-memory hazards); any error fails the step.
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if ((have_gpu)) && [[ -x $sanitizer && -x $build/tests/cuda_test ]]; then
+    run_step memcheck 60 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
+        "$build/tests/cuda_test" || status=1
+    run_step racecheck 40 "$sanitizer" --tool racecheck --error-exitcode 9 \
+        "$build/tests/cuda_test" --gtest_filter='*Loss*:*BiasGrad*:*Permutation*' || status=1
+else
+    record memcheck skipped 0 "no GPU, compute-sanitizer or cuda_test"
 fi
 run_step compare-cpu 120 "${compare[@]}" --device cpu --run-timeout 55 \
     --log-dir "$logs/compare-cpu" --json "$out/compare-cpu.json" "${compare_extra[@]}" ||

@@ -828,10 +828,9 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         for (auto& cb : callbacks)
             cb->after_epoch_end(epoch, logs);
     }
-    if (const int signal = interrupt_requested()) {
-        // Between the last epoch's end and the end of fit: the state is an epoch's end.
-        stop_for_signal(signal, args, callbacks, epochs_completed_, iterations_at_start);
-    }
+    // A signal that came after the last step (in the last validation, or after a callback
+    // ended the run) finds the run complete: fit ends as usual, and the caller sees
+    // interrupt_requested().
     // Every requested checkpoint is on disk before on_train_end (which may delete files the
     // writer has yet to write) and before fit returns.
     if (writer_)

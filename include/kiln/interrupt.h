@@ -5,8 +5,10 @@
 // (a file to resume from, taken after the last finished step), lets the callbacks react
 // (BackupAndRestore backs up), waits for every checkpoint the writer holds, and throws
 // kiln::Interrupted. `kiln fit` then exits with 128 + the signal: 130 for SIGINT, 143 for
-// SIGTERM. A second SIGINT or SIGTERM ends the process at once with the same code; a save in
-// flight then leaves only its temporary file, never a damaged published one (files are
+// SIGTERM. A signal after the last step (during the last validation, or once a callback has
+// ended the run) finds the run complete: fit returns as usual, and interrupt_requested() says
+// that a signal came. A second SIGINT or SIGTERM ends the process at once with the same code; a
+// save in flight then leaves only its temporary file, never a damaged published one (files are
 // published by rename), and the next run removes it.
 #pragma once
 

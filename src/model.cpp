@@ -669,10 +669,11 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     std::string resumed_state = args.resume_callbacks_state_json;
     for (auto& cb : callbacks) {
         if (std::optional<ResumePoint> point = cb->resume_point()) {
-            std::fprintf(stderr, "kiln: resuming from %s: epoch %d of %d, after batch %lld (step %lld)\n",
-                         point->source.c_str(), point->epoch + 1, args.epochs,
-                         static_cast<long long>(resume_within_epoch_ ? resume_within_epoch_->batch : 0),
-                         static_cast<long long>(iterations_));
+            std::fprintf(
+                stderr, "kiln: resuming from %s: epoch %d of %d, after batch %lld (step %lld)\n",
+                point->source.c_str(), point->epoch + 1, args.epochs,
+                static_cast<long long>(resume_within_epoch_ ? resume_within_epoch_->batch : 0),
+                static_cast<long long>(iterations_));
             first_epoch = point->epoch;
             resumed_state = point->callbacks_state_json;
             params.initial_epoch = first_epoch;
@@ -861,8 +862,8 @@ void Sequential::stop_for_signal(int signal, const FitArgs& args,
         request.step = iterations_;
         request.callbacks_state_json = callbacks_state_json();
         const Status s = checkpoint_writer().wait(submit_checkpoint(request, /*synchronous=*/true));
-        what += s.is_ok() ? "; wrote " + request.path : "; could not write " + request.path +
-                                                            ": " + s.message();
+        what += s.is_ok() ? "; wrote " + request.path
+                          : "; could not write " + request.path + ": " + s.message();
     }
     if (iterations_ != iterations_at_start) {
         for (const auto& cb : callbacks)
@@ -893,9 +894,11 @@ const NanInjection& nan_injection() {
             return n;
         const std::string text = spec;
         const size_t at = text.find('@');
-        if (at == std::string::npos || (text.substr(0, at) != "loss" && text.substr(0, at) != "grad")) {
-            std::fprintf(stderr, "kiln: warning: KILN_INJECT_NAN=%s is not loss@STEP or grad@STEP; ignored\n",
-                         spec);
+        if (at == std::string::npos ||
+            (text.substr(0, at) != "loss" && text.substr(0, at) != "grad")) {
+            std::fprintf(
+                stderr,
+                "kiln: warning: KILN_INJECT_NAN=%s is not loss@STEP or grad@STEP; ignored\n", spec);
             return n;
         }
         n.where = text.substr(0, at);
@@ -1316,13 +1319,14 @@ uint64_t Sequential::submit_checkpoint(const CheckpointRequest& request, bool sy
         // The first set of the accumulators: the epoch's training sums so far.
         job.sums_offset = job.state_offset + opt_state_.bytes();
         job.sums_count = AccumulatorSlots::kPerSet;
-        regions.push_back({job.sums_offset, buffers_->acc.data(),
-                           AccumulatorSlots::kPerSet * sizeof(double)});
+        regions.push_back(
+            {job.sums_offset, buffers_->acc.data(), AccumulatorSlots::kPerSet * sizeof(double)});
     }
     if (live) {
         // The snapshot slots taken (EarlyStopping's best weights) go with a file to resume
         // from: without them a resumed run could not restore the best epoch's weights.
-        size_t at = job.state_offset + opt_state_.bytes() + AccumulatorSlots::kPerSet * sizeof(double);
+        size_t at =
+            job.state_offset + opt_state_.bytes() + AccumulatorSlots::kPerSet * sizeof(double);
         for (const int slot : snapshots().taken_slots()) {
             CheckpointJob::Snapshot snap;
             snap.name = snapshots().name(slot);

@@ -6,8 +6,8 @@
 // temporaries are cleaned up.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
-#include <csignal>
 #include <unistd.h>
+#include <csignal>
 
 #include <algorithm>
 #include <array>

@@ -79,7 +79,8 @@ class SnapshotService {
 
     const Sequential& model_;
     std::vector<Slot> slots_;
-    std::vector<SavedSnapshot> stashed_;  // released slots stay as empty entries, so ids remain valid
+    std::vector<SavedSnapshot>
+        stashed_;  // released slots stay as empty entries, so ids remain valid
 };
 
 }  // namespace kiln

@@ -85,8 +85,7 @@ void EarlyStopping::on_train_begin(const Logs&) {
             model_->snapshots().release(slot_);
         slot_ = model_->snapshots().acquire(snapshot_name());
         // A resumed run's checkpoint brought the best weights back into the slot.
-        slot_holds_best_ =
-            resumed && resumed_slot_holds_best_ && model_->snapshots().taken(slot_);
+        slot_holds_best_ = resumed && resumed_slot_holds_best_ && model_->snapshots().taken(slot_);
     }
 }
 

@@ -849,9 +849,10 @@ int main(int argc, char** argv) {
                         "Save the trained model to this .h5 file (or its weights, with the "
                         "training state, to a .weights.h5 file)");
     fit_cmd->add_flag("--summary", fit.summary, "Print the model summary before training");
-    fit_cmd->add_option("--interrupt-checkpoint", fit.interrupt_checkpoint,
-                        "On SIGINT or SIGTERM: finish the step, write this file to --resume "
-                        "from, exit 130 or 143 (a second signal exits at once); none for no file")
+    fit_cmd
+        ->add_option("--interrupt-checkpoint", fit.interrupt_checkpoint,
+                     "On SIGINT or SIGTERM: finish the step, write this file to --resume "
+                     "from, exit 130 or 143 (a second signal exits at once); none for no file")
         ->capture_default_str();
     CLI::Option* resume = fit_cmd->add_option(
         "--resume", fit.resume,

@@ -1151,8 +1151,8 @@ Status read_kiln_group(hid_t file, const std::string& path, TrainingState* st, K
         if (!s.is_ok())
             return s;
         if (shape.size() != 1 || shape[0] > 64) {
-            return Status::corruption(where.child("epoch_sums").str() + ": expected a few sums, got " +
-                                      h5::shape_to_string(shape));
+            return Status::corruption(where.child("epoch_sums").str() +
+                                      ": expected a few sums, got " + h5::shape_to_string(shape));
         }
         st->epoch_sums.resize(bytes.size() / sizeof(double));
         copy_bytes(st->epoch_sums.data(), bytes);

@@ -1299,8 +1299,8 @@ Status model_config_from_json(const std::string& json_text, ModelConfig* out) {
     bool too_deep = false;
     const json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t event,
                                                             json& /*parsed*/) {
-        const bool opens = event == json::parse_event_t::object_start ||
-                           event == json::parse_event_t::array_start;
+        const bool opens =
+            event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
         if (opens && depth >= kMaxJsonDepth) {
             too_deep = true;
             return false;  // drop the value, and everything inside it

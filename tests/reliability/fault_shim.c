@@ -117,6 +117,16 @@ static int wants(const char* path, int flags) {
     if (!real_##name)        \
     real_##name = (type)dlsym(RTLD_NEXT, #name)
 
+/* `m`: the mode argument open(2) takes after `flags` when it may create the file. */
+#define OPEN_MODE(m, flags)                \
+    mode_t m = 0;                          \
+    if ((flags) & (O_CREAT | O_TMPFILE)) { \
+        va_list ap;                        \
+        va_start(ap, flags);               \
+        m = (mode_t)va_arg(ap, int);       \
+        va_end(ap);                        \
+    }
+
 static int opened(const char* path, int flags, int fd) {
     if (fd >= 0 && fd < MAX_FDS)
         watched[fd] = (unsigned char)wants(path, flags);
@@ -136,37 +146,19 @@ static int open_common(const char* name, open_fn real, const char* path, int fla
 
 int open(const char* path, int flags, ...) {
     REAL(open, open_fn);
-    mode_t m = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        m = (mode_t)va_arg(ap, int);
-        va_end(ap);
-    }
+    OPEN_MODE(m, flags);
     return open_common("open", real_open, path, flags, m);
 }
 
 int open64(const char* path, int flags, ...) {
     REAL(open64, open_fn);
-    mode_t m = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        m = (mode_t)va_arg(ap, int);
-        va_end(ap);
-    }
+    OPEN_MODE(m, flags);
     return open_common("open", real_open64, path, flags, m);
 }
 
 int openat(int dir, const char* path, int flags, ...) {
     REAL(openat, openat_fn);
-    mode_t m = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        m = (mode_t)va_arg(ap, int);
-        va_end(ap);
-    }
+    OPEN_MODE(m, flags);
     if (wants(path, flags)) {
         const int e = step("open");
         if (e) {

@@ -107,7 +107,7 @@ def main():
                     failures.append(f"{what} (top k): exit {code}: {err[-300:]}")
                 elif code == CRASH_EXIT:
                     crashes += 1
-                    written = [e["path"] for e in harness.read_log(log)
+                    written = [e["path"] for e in harness.read_log(log)[0]
                                if e["event"] == "written" and e["path"].startswith(best_dir)]
                     if written:
                         def loss(path):

@@ -79,7 +79,7 @@ def main():
                     failures.append(f"{what}: exit {code}: {err[-300:]}")
                     continue
                 now = harness.file_bytes(ck) if os.path.exists(ck) else None
-                written = [e for e in harness.read_log(log) if e["event"] == "written"]
+                written = [e for e in harness.read_log(log)[0] if e["event"] == "written"]
                 if code == 0:
                     # Two faults do not fail a save: the listing of stale temporaries (the first
                     # open, of the directory) is best effort, and a close after a successful

@@ -122,21 +122,27 @@ def run(command, env=None, timeout=120, cwd=None):
     return p.returncode, p.stdout, p.stderr, time.monotonic() - start
 
 
-def read_log(path):
-    """The checkpoint log's lines (src/checkpoint_writer.h) as dicts: event, path, epoch, batch,
-    step, crc."""
+LOG_LINE = re.compile(r"^(submitted|written) (.*) epoch=(\d+) batch=(\d+) step=(\d+) "
+                      r"weights_crc32=([0-9a-f]{8})$")
+
+
+def read_log(path, start=0):
+    """The checkpoint log's lines (src/checkpoint_writer.h) from byte `start` on, as dicts: event,
+    path, epoch, batch, step, crc; and the byte offset after the last whole line, to start the
+    next read from (a driver that reads a growing log after every run reads only what is new)."""
     out = []
     if not os.path.exists(path):
-        return out
-    pattern = re.compile(r"^(submitted|written) (.*) epoch=(\d+) batch=(\d+) step=(\d+) "
-                         r"weights_crc32=([0-9a-f]{8})$")
-    with open(path) as f:
-        for line in f:
-            m = pattern.match(line.rstrip("\n"))
-            if m:
-                out.append({"event": m[1], "path": m[2], "epoch": int(m[3]), "batch": int(m[4]),
-                            "step": int(m[5]), "crc": int(m[6], 16)})
-    return out
+        return out, start
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    for line in data[:end].decode().splitlines():
+        m = LOG_LINE.match(line)
+        if m:
+            out.append({"event": m[1], "path": m[2], "epoch": int(m[3]), "batch": int(m[4]),
+                        "step": int(m[5]), "crc": int(m[6], 16)})
+    return out, start + end
 
 
 def temporaries(directory):

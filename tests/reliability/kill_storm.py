@@ -58,9 +58,9 @@ def main():
         best = os.path.join(storm, "best.h5")
         env = harness.kiln_env(log=log)
         kills = unloadable = stale = went_back = completed = resumed = inside_save = 0
+        log_offset = written = 0
         last_written_step = -1  # of the backup, over every run so far
         for trial in range(args.count):
-            log_start = len(harness.read_log(log))
             p = subprocess.Popen(command(storm), env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)
             time.sleep(rng.uniform(0.0, KILL_WINDOW))
@@ -86,7 +86,8 @@ def main():
                     failures.append(f"trial {trial}: resumed at step {m[1]}, but step "
                                     f"{last_written_step} had been written")
 
-            entries = harness.read_log(log)[log_start:]
+            entries, log_offset = harness.read_log(log, log_offset)
+            written += sum(1 for e in entries if e["event"] == "written")
             mine = [e for e in entries if e["event"] == "written" and e["path"].endswith("latest.h5")]
             if mine:
                 last_written_step = mine[-1]["step"]
@@ -126,7 +127,7 @@ def main():
         left = harness.temporaries(storm) + harness.temporaries(os.path.join(storm, "backup"))
         if left:
             failures.append(f"temporaries left at the end: {left}")
-        written = sum(1 for e in harness.read_log(log) if e["event"] == "written")
+        written += sum(1 for e in harness.read_log(log, log_offset)[0] if e["event"] == "written")
 
     harness.report(
         f"kill storm: {kills} kills ({inside_save} inside a save; {completed} runs finished "

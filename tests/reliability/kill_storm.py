@@ -60,7 +60,11 @@ def main():
         kills = unloadable = stale = went_back = completed = resumed = inside_save = 0
         log_offset = written = 0
         last_written_step = -1  # of the backup, over every run so far
-        for trial in range(args.count):
+        # Until `count` runs were killed (a run that finishes before its kill moment is not
+        # one, and is started over), within a bound on the trials.
+        trial = -1
+        while kills < args.count and trial < 3 * args.count:
+            trial += 1
             p = subprocess.Popen(command(storm), env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)
             time.sleep(rng.uniform(0.0, KILL_WINDOW))
@@ -111,6 +115,9 @@ def main():
                 if not ok:
                     unloadable += 1
                     failures.append(f"trial {trial}: {path} does not load: {text[-300:]}")
+
+        if kills < args.count:
+            failures.append(f"only {kills} of {args.count} runs were killed in {trial + 1} trials")
 
         # Let the run finish: the same weights as the run never killed, and nothing left over.
         code, _, err, _ = harness.run(command(storm), env=env, timeout=300)

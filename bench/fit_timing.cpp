@@ -121,9 +121,14 @@ FitTiming time_fit(Sequential& model, const data::Array& x, const data::Array& y
         fit.callbacks.push_back(std::make_shared<callbacks::ModelCheckpoint>(args.checkpoint_path));
     }
     fit.callbacks.push_back(timer);  // last, so that an epoch's time includes the others' work
+    const uint64_t fused_before = model.backend().fused_gemms();
+    const uint64_t unfused_before = model.backend().unfused_gemms();
     model.fit(x, y, fit);
 
     FitTiming t;
+    t.step_graphs = model.step_graph_stats();
+    t.fused_gemms = model.backend().fused_gemms() - fused_before;
+    t.unfused_gemms = model.backend().unfused_gemms() - unfused_before;
     t.epoch_seconds.assign(timer->seconds.begin() + args.warmup_epochs, timer->seconds.end());
     t.validation_seconds.assign(timer->validation_seconds.begin() + args.warmup_epochs,
                                 timer->validation_seconds.end());

@@ -87,6 +87,11 @@ struct FitTiming {
     int64_t train_samples = 0;
     int64_t validation_samples = 0;
     Logs last;  // the last epoch's logs
+    // How fit ran its steps: from graphs or op by op, and the Dense GEMMs with their epilogues
+    // in one call or apart (the backend's counts over the whole fit).
+    StepGraphStats step_graphs;
+    uint64_t fused_gemms = 0;
+    uint64_t unfused_gemms = 0;
 
     double median_epoch() const { return median(epoch_seconds); }
 };

@@ -15,19 +15,21 @@
 #   nvidia-smi.txt     nvidia-smi as found
 #   ctest.log          ctest --output-on-failure over the whole suite, label gpu included
 #   ctest-junit.xml    the same as JUnit (ctest --output-junit)
-#   compare-cuda.json  bench/compare.py --device cuda: kiln and every PyTorch mode
+#   suite-cuda.json    bench/suite.py --device cuda: `kiln bench` (M1, M2, M3, C1, V1, S1, K1,
+#                      O1, L1) and every case's PyTorch peers (eager, fused, graph, compile)
 #   compare-cpu.json   bench/compare.py --device cpu
 #   logs.tar.gz        configure, build and comparison logs, one per run
 #
-# Every step runs under `timeout` inside one budget (KILN_TIME_BUDGET_S, 420 s by default), so
+# Every step runs under `timeout` inside one budget (KILN_TIME_BUDGET_S, 450 s by default), so
 # the whole script ends inside 8 minutes; a step the budget cannot fit is recorded as skipped.
-# The steps come in order of worth: build, tests, the GPU comparison, the CPU comparison.
+# The steps come in order of worth: build, tests, the GPU suite with its peers, the sanitizers,
+# the CPU comparison.
 #
 # Optional environment:
 #   KILN_GPU_BUNDLE     the bundle (default bench/gpu-bundle); without one the system's packages
 #                       are used, as on the build machine
 #   KILN_BUILD_DIR      the build folder (default build-gpu, apart from a developer's build/)
-#   KILN_TIME_BUDGET_S  seconds for all steps together (default 420)
+#   KILN_TIME_BUDGET_S  seconds for all steps together (default 450)
 #   KILN_BENCH_EPOCHS   timed epochs per benchmark run (default 3)
 #   KILN_BENCH_WARMUP   untimed epochs before them (default 1)
 #   KILN_CMAKE_ARGS     extra configure arguments, split on spaces
@@ -42,7 +44,7 @@ out=$(cd "$out_arg" && pwd)
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bundle=${KILN_GPU_BUNDLE:-$repo/bench/gpu-bundle}
 build=${KILN_BUILD_DIR:-$repo/build-gpu}
-budget=${KILN_TIME_BUDGET_S:-420}
+budget=${KILN_TIME_BUDGET_S:-450}
 epochs=${KILN_BENCH_EPOCHS:-3}
 warmup=${KILN_BENCH_WARMUP:-1}
 jobs=$(nproc)
@@ -122,7 +124,16 @@ write_record() {
             sed -n '/^Label Time Summary:/,/^$/p' "$logs/ctest.log"
             echo '```'
         fi
-        for dev in cuda cpu; do
+        if [[ -f $logs/suite-cuda.log ]]; then
+            echo
+            echo "## kiln bench against PyTorch, cuda"
+            echo
+            echo '```'
+            # the table suite.py prints last, from the machine line on
+            sed -n '/^machine:/,$p' "$logs/suite-cuda.log" | tail -n 60
+            echo '```'
+        fi
+        for dev in cpu; do
             [[ -f $logs/compare-$dev.log ]] || continue
             echo
             echo "## kiln against PyTorch, $dev"
@@ -383,12 +394,15 @@ compare=("${py:-python3}" "$repo/bench/compare.py" --kiln "$build/bench/bench_fi
          --epochs "$epochs" --warmup-epochs "$warmup" --data "$data")
 read -ra compare_extra <<< "${KILN_COMPARE_ARGS:-}"
 if ((have_gpu)); then
-    # The GPU first: it is what the machine is lent for. torch.compile runs last and longest.
-    run_step compare-cuda 240 "${compare[@]}" --device cuda --peer-modes eager,fused,graph,compile \
-        --run-timeout 150 --log-dir "$logs/compare-cuda" --json "$out/compare-cuda.json" \
-        "${compare_extra[@]}" || status=1
+    # The GPU first: it is what the machine is lent for. The whole suite, kiln's cases and each
+    # case's peers in every mode (torch.compile's are the longest), with kiln's step graphs and
+    # cuBLASLt epilogues on (their defaults on CUDA).
+    run_step suite-cuda 270 "${py:-python3}" "$repo/bench/suite.py" --kiln "$build/kiln" \
+        --device cuda --epochs "$epochs" --warmup-epochs "$warmup" --data "$data" \
+        --peer-modes eager,fused,graph,compile --run-timeout 120 \
+        --log-dir "$logs/suite-cuda" --json "$out/suite-cuda.json" || status=1
 else
-    record compare-cuda skipped 0 "no GPU (nvidia-smi -L found none)"
+    record suite-cuda skipped 0 "no GPU (nvidia-smi -L found none)"
 fi
 # compute-sanitizer over the CUDA-against-CPU tests: memcheck (out-of-bounds and misaligned
 # accesses, leaks) and racecheck (shared-memory hazards); any error fails the step.

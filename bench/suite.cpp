@@ -124,6 +124,20 @@ size_t beyond_last_cache() {
 }
 
 // One epoch's work: training steps over the training samples, a forward pass over the rest.
+// How a timed fit ran its steps (step graphs) and its Dense GEMMs (cuBLASLt epilogues).
+nlohmann::json how_fit_ran(const FitTiming& t) {
+    return {{"step_graphs",
+             {{"enabled", t.step_graphs.enabled},
+              {"captures", t.step_graphs.captures},
+              {"replays", t.step_graphs.replays},
+              {"eager_steps", t.step_graphs.eager_steps},
+              {"train_nodes", t.step_graphs.train_nodes},
+              {"val_nodes", t.step_graphs.val_nodes},
+              {"off_reason", t.step_graphs.off_reason}}},
+            {"dense_gemm_calls_fused", t.fused_gemms},
+            {"dense_gemm_calls_unfused", t.unfused_gemms}};
+}
+
 double epoch_flops(const Sequential& model, const FitTiming& t) {
     const SampleFlops per_sample = sample_flops(model);
     return double(t.train_samples) * per_sample.train +
@@ -229,9 +243,12 @@ Row Suite::fit_row(const std::string& id, const std::string& what, const std::st
         std::snprintf(buf, sizeof(buf), ", val_acc %.3f", *acc);
         r.note += buf;
     }
+    if (t.step_graphs.enabled)
+        r.note += ", step graphs";
     r.details = {{"model", model},
                  {"batch_size", batch},
                  {"dtype", "float32"},
+                 {"how", how_fit_ran(t)},
                  {"train_samples", t.train_samples},
                  {"validation_samples", t.validation_samples},
                  {"flop_per_sample_train", per_sample.train},
@@ -263,7 +280,8 @@ Row Suite::validation_row(const std::string& id, const std::string& model, int64
                  {"epoch_seconds", t.epoch_seconds},
                  {"share_of_epoch", shares},
                  {"median_share_of_epoch", median(shares)},
-                 {"synchronised_at_validation", on_gpu_}};
+                 {"synchronised_at_validation", on_gpu_},
+                 {"how", how_fit_ran(t)}};
     return r;
 }
 

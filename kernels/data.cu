@@ -66,9 +66,13 @@ __global__ void permutation_keys_kernel(uint64_t* keys, int32_t* index, size_t n
 
 // src: (src_rows×cols), dst: (count×cols), index: the permutation, read from `offset`.
 // Element type T only moves bits. A row index outside [0, src_rows) gives a zero row.
+// With `scalars`, index moves on by s.batch · batch_size rows, read here on the device.
 template <typename T>
 __global__ void gather_rows_kernel(const T* src, int64_t src_rows, const int32_t* index,
-                                   size_t count, size_t cols, T* dst) {
+                                   size_t count, size_t cols, T* dst, const StepScalars* scalars,
+                                   int64_t batch_size) {
+    if (scalars != nullptr)
+        index += scalars->batch * batch_size;
     const size_t n = count * cols;
     const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -82,7 +86,10 @@ __global__ void gather_rows_kernel(const T* src, int64_t src_rows, const int32_t
 
 // x, y, mask: (n); y may alias x. mask may be null.
 __global__ void dropout_forward_kernel(const float* x, float* y, float* mask, size_t n, float rate,
-                                       float keep_scale, uint64_t seed, uint64_t counter) {
+                                       float keep_scale, uint64_t seed, uint64_t counter,
+                                       const StepScalars* scalars) {
+    if (scalars != nullptr)
+        counter = static_cast<uint64_t>(scalars->iteration);
     const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += stride) {
@@ -99,11 +106,12 @@ __global__ void kernel_image_probe_kernel() {}
 
 template <typename T>
 void launch_gather(cudaStream_t stream, const void* src, int64_t src_rows, const int32_t* index,
-                   int64_t count, int64_t cols, void* dst) {
+                   int64_t count, int64_t cols, void* dst, const StepScalars* scalars,
+                   int64_t batch_size) {
     const size_t n = static_cast<size_t>(count) * static_cast<size_t>(cols);
     launch_1d(gather_rows_kernel<T>, stream, static_cast<int64_t>(n), kGatherBlock,
               static_cast<const T*>(src), src_rows, index, static_cast<size_t>(count),
-              static_cast<size_t>(cols), static_cast<T*>(dst));
+              static_cast<size_t>(cols), static_cast<T*>(dst), scalars, batch_size);
 }
 
 }  // namespace
@@ -152,10 +160,13 @@ void permutation(cudaStream_t stream, int32_t* perm, int64_t n, uint64_t seed, u
 }
 
 void gather_rows(cudaStream_t stream, const void* src, int64_t src_rows, const int32_t* index,
-                 int64_t offset, int64_t count, int64_t cols, size_t element_bytes, void* dst) {
+                 int64_t offset, int64_t count, int64_t cols, size_t element_bytes, void* dst,
+                 const StepScalars* scalars, int64_t batch_size) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(offset >= 0 && count >= 0 && cols >= 0, "offset", offset, "count", count, "cols",
                  cols);
+    KILN_REQUIRE(scalars == nullptr || batch_size > 0, "scalars", scalars, "batch_size",
+                 batch_size);
     if (count == 0 || cols == 0)
         return;
     KILN_REQUIRE(src != nullptr && index != nullptr && dst != nullptr, "src", src, "index", index,
@@ -164,16 +175,20 @@ void gather_rows(cudaStream_t stream, const void* src, int64_t src_rows, const i
     const int32_t* rows = index + offset;
     switch (element_bytes) {
         case 1:
-            launch_gather<uint8_t>(stream, src, src_rows, rows, count, cols, dst);
+            launch_gather<uint8_t>(stream, src, src_rows, rows, count, cols, dst, scalars,
+                                   batch_size);
             break;
         case 2:
-            launch_gather<uint16_t>(stream, src, src_rows, rows, count, cols, dst);
+            launch_gather<uint16_t>(stream, src, src_rows, rows, count, cols, dst, scalars,
+                                    batch_size);
             break;
         case 4:
-            launch_gather<uint32_t>(stream, src, src_rows, rows, count, cols, dst);
+            launch_gather<uint32_t>(stream, src, src_rows, rows, count, cols, dst, scalars,
+                                    batch_size);
             break;
         case 8:
-            launch_gather<uint64_t>(stream, src, src_rows, rows, count, cols, dst);
+            launch_gather<uint64_t>(stream, src, src_rows, rows, count, cols, dst, scalars,
+                                    batch_size);
             break;
         default:
             KILN_REQUIRE(false, "element_bytes", element_bytes);
@@ -181,7 +196,7 @@ void gather_rows(cudaStream_t stream, const void* src, int64_t src_rows, const i
 }
 
 void dropout_forward(cudaStream_t stream, const float* x, float* y, float* mask, int64_t n,
-                     float rate, uint64_t seed, uint64_t counter) {
+                     float rate, uint64_t seed, uint64_t counter, const StepScalars* scalars) {
     KILN_NVTX_RANGE_FN();
     KILN_REQUIRE(n >= 0, "n", n);
     // rate == 1 would divide by zero; Keras rejects it too.
@@ -192,7 +207,7 @@ void dropout_forward(cudaStream_t stream, const float* x, float* y, float* mask,
     // As the CPU backend computes it: the reciprocal in float32, then x · mask.
     const float keep_scale = 1.0f / (1.0f - rate);
     launch_1d(dropout_forward_kernel, stream, n, kElementwiseBlock, x, y, mask,
-              static_cast<size_t>(n), rate, keep_scale, seed, counter);
+              static_cast<size_t>(n), rate, keep_scale, seed, counter, scalars);
 }
 
 cudaError_t kernel_image_status() {

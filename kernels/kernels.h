@@ -47,8 +47,13 @@ void loss(cudaStream_t stream, const LossSpec& spec, const float* pred, const fl
 // ---- optimizer.cu -------------------------------------------------------------------------------
 // One update of params(n) from grads(n); state holds optimizer_state_slots(step) consecutive
 // arrays of n floats (may be null when that is zero).
+// With `scalars` (device memory, may be null), the step's learning_rate and alpha are read from
+// the StepScalars there when the kernel runs (math::with_scalars).
 void optimizer_update(cudaStream_t stream, const OptimizerStep& step, float* params,
-                      const float* grads, float* state, int64_t n);
+                      const float* grads, float* state, int64_t n,
+                      const StepScalars* scalars = nullptr);
+// One thread: math::advance_step on the StepScalars at `scalars` (device memory).
+void advance_step(cudaStream_t stream, const OptimizerStep& step, StepScalars* scalars);
 
 // ---- data.cu ------------------------------------------------------------------------------------
 // Scratch (device memory, caller-owned) for permutations of n elements: the hash keys, the
@@ -60,12 +65,18 @@ void permutation(cudaStream_t stream, int32_t* perm, int64_t n, uint64_t seed, u
 // dst(count×cols) = src rows index[offset .. offset+count), for elements of `element_bytes`
 // (1, 2, 4 or 8) bytes. `src_rows` bounds the indices: a row outside [0, src_rows) is a broken
 // invariant, and its destination row is filled with zero bytes rather than read out of bounds.
+// With `scalars` (device memory, may be null) the rows start at index[offset + s.batch ·
+// batch_size], s read when the kernel runs (Backend::gather_batch).
 void gather_rows(cudaStream_t stream, const void* src, int64_t src_rows, const int32_t* index,
-                 int64_t offset, int64_t count, int64_t cols, size_t element_bytes, void* dst);
+                 int64_t offset, int64_t count, int64_t cols, size_t element_bytes, void* dst,
+                 const StepScalars* scalars = nullptr, int64_t batch_size = 0);
 // keep_i = uniform01(hash3(seed, counter, i)) >= rate; mask_i = keep_i / (1 - rate);
 // y_i = x_i · mask_i. mask may be null when no backward pass needs it. y may alias x.
+// With `scalars` (device memory, may be null) the counter is s.iteration, read when the kernel
+// runs (Backend::dropout_forward_step).
 void dropout_forward(cudaStream_t stream, const float* x, float* y, float* mask, int64_t n,
-                     float rate, uint64_t seed, uint64_t counter);
+                     float rate, uint64_t seed, uint64_t counter,
+                     const StepScalars* scalars = nullptr);
 
 // ---- conv.cu ------------------------------------------------------------------------------------
 // What the cuDNN convolutions need around them (src/cuda/cudnn_ops.cpp says why).

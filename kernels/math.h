@@ -27,6 +27,7 @@ using std::exp;
 using std::fabs;
 using std::log;
 using std::log1p;
+using std::pow;
 using std::sqrt;
 using std::tanh;
 #endif
@@ -266,6 +267,30 @@ KILN_HD void optimizer_update(const OptimizerStep& o, T* p, T g, T* s0, T* s1, T
                            g, s0, s1, s2);
             return;
     }
+}
+
+// Adam's bias-corrected step size for update t (1-based), lr · sqrt(1 - beta_2^t) / (1 - beta_1^t)
+// in double, as Keras folds it; 0 for the optimizers that take no step size.
+KILN_HD float step_size(const OptimizerStep& o, float learning_rate, int64_t t) {
+    if (o.kind != OptimizerKind::kAdam && o.kind != OptimizerKind::kAdamW)
+        return 0.0f;
+    const double n = static_cast<double>(t);
+    return static_cast<float>(double(learning_rate) * sqrt(1.0 - pow(double(o.beta_2), n)) /
+                              (1.0 - pow(double(o.beta_1), n)));
+}
+
+// The update's scalars with the step-dependent ones taken from the device's StepScalars.
+KILN_HD OptimizerStep with_scalars(OptimizerStep o, const StepScalars& s) {
+    o.learning_rate = s.learning_rate;
+    o.alpha = s.alpha;
+    return o;
+}
+
+// What Backend::advance_step does at the end of a step: on to the next update and batch.
+KILN_HD void advance_step(const OptimizerStep& o, StepScalars* s) {
+    s->iteration += 1;
+    s->batch += 1;
+    s->alpha = step_size(o, s->learning_rate, s->iteration + 1);
 }
 
 // ---- counter-based random numbers ----------------------------------------------------------

@@ -8,7 +8,8 @@
 // function the CPU backend calls, so both backends apply the same formula to each element. They
 // can still differ in the last bits: nvcc contracts a·b + c into fused multiply-adds, which the
 // host compiler (baseline x86-64) does not. sqrt and division are IEEE-rounded on both. The
-// step-dependent scalars (Adam's bias correction) come precomputed from the host.
+// step-dependent scalars (Adam's bias correction) come precomputed, from the host or, in a
+// captured step, from the StepScalars that advance_step keeps on the device.
 #include "kernels/kernels.h"
 
 #include <cstdint>
@@ -30,7 +31,9 @@ constexpr int kOptimizerBlock = kElementwiseBlock;
 // are made at compile time and the dummies stay in registers.
 template <int SLOTS>
 __global__ void optimizer_update_kernel(OptimizerStep step, float* params, const float* grads,
-                                        float* state, size_t n) {
+                                        float* state, size_t n, const StepScalars* scalars) {
+    if (scalars != nullptr)
+        step = math::with_scalars(step, *scalars);
     const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
     float dummy[3] = {0.0f, 0.0f, 0.0f};
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -42,10 +45,14 @@ __global__ void optimizer_update_kernel(OptimizerStep step, float* params, const
     }
 }
 
+__global__ void advance_step_kernel(OptimizerStep step, StepScalars* scalars) {
+    math::advance_step(step, scalars);
+}
+
 }  // namespace
 
 void optimizer_update(cudaStream_t stream, const OptimizerStep& step, float* params,
-                      const float* grads, float* state, int64_t n) {
+                      const float* grads, float* state, int64_t n, const StepScalars* scalars) {
     KILN_NVTX_RANGE_FN();
     const int slots = optimizer_state_slots(step);
     KILN_REQUIRE(n >= 0, "n", n);
@@ -58,21 +65,28 @@ void optimizer_update(cudaStream_t stream, const OptimizerStep& step, float* par
     switch (slots) {
         case 0:
             launch_1d(optimizer_update_kernel<0>, stream, n, kOptimizerBlock, step, params, grads,
-                      state, count);
+                      state, count, scalars);
             break;
         case 1:
             launch_1d(optimizer_update_kernel<1>, stream, n, kOptimizerBlock, step, params, grads,
-                      state, count);
+                      state, count, scalars);
             break;
         case 2:
             launch_1d(optimizer_update_kernel<2>, stream, n, kOptimizerBlock, step, params, grads,
-                      state, count);
+                      state, count, scalars);
             break;
         default:
             launch_1d(optimizer_update_kernel<3>, stream, n, kOptimizerBlock, step, params, grads,
-                      state, count);
+                      state, count, scalars);
             break;
     }
+}
+
+void advance_step(cudaStream_t stream, const OptimizerStep& step, StepScalars* scalars) {
+    KILN_NVTX_RANGE_FN();
+    KILN_REQUIRE(scalars != nullptr, "scalars", scalars);
+    advance_step_kernel<<<1, 1, 0, stream>>>(step, scalars);
+    KILN_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kernels

@@ -85,12 +85,17 @@ class DenseLayer final : public Layer {
 
     void forward(const StepContext& ctx, const View& x, const View& y, int64_t n) override {
         const int64_t in = input_shape_[0];
-        const View z = pre_activation(y);
-        ctx.backend->gemm(false, false, n, units_, in, 1.0f, x, params_[0], 0.0f, z);
         ActivationSpec act = act_;
         if (fused_output_ && ctx.want_logits)
             act.kind = Activation::kLinear;
         const View bias = use_bias_ ? params_[1] : View{nullptr, x.dtype, {}};
+        if (!z_.defined()) {
+            // The GEMM with its epilogue (one cuBLASLt call on CUDA).
+            ctx.backend->dense_forward(x, params_[0], bias, y, n, in, units_, act);
+            return;
+        }
+        const View z = pre_activation(y);  // GELU keeps its input for the backward pass
+        ctx.backend->gemm(false, false, n, units_, in, 1.0f, x, params_[0], 0.0f, z);
         ctx.backend->bias_activation_forward(z, bias, y, n, units_, act);
     }
 
@@ -102,9 +107,9 @@ class DenseLayer final : public Layer {
         if (act_.kind != Activation::kLinear && !fused_output_) {
             b.activation_backward(pre_activation(y), y, dy, dy, n, units_, act_);
         }
-        b.gemm(true, false, in, units_, n, 1.0f, x, dy, 0.0f, grads_[0]);  // dkernel = xᵀ dz
-        if (use_bias_)
-            b.bias_grad(dy, grads_[1], n, units_);
+        // dkernel = xᵀ dz and dbias = Σ dz (one cuBLASLt call on CUDA)
+        b.dense_backward_weights(x, dy, grads_[0],
+                                 use_bias_ ? grads_[1] : View{nullptr, x.dtype, {}}, n, in, units_);
         if (dx.data)
             b.gemm(false, true, n, in, units_, 1.0f, dy, params_[0], 0.0f, dx);
     }
@@ -223,7 +228,12 @@ class DropoutLayer final : public Layer {
         uint64_t seed = seed_ >= 0 ? static_cast<uint64_t>(seed_) : ctx.seed;
         for (char ch : name_)
             seed = seed * 131 + static_cast<unsigned char>(ch);
-        ctx.backend->dropout_forward(x, y, mask_.view(), count, rate_, seed, ctx.step);
+        if (ctx.step_scalars.data != nullptr) {
+            ctx.backend->dropout_forward_step(x, y, mask_.view(), count, rate_, seed,
+                                              ctx.step_scalars);
+        } else {
+            ctx.backend->dropout_forward(x, y, mask_.view(), count, rate_, seed, ctx.step);
+        }
     }
 
     void backward(const StepContext& ctx, const View& x, const View& y, const View& dy,

@@ -26,6 +26,7 @@
 #include "kernels/math.h"
 #include "kiln/interrupt.h"
 #include "kiln/status.h"
+#include "scope_exit.h"
 
 namespace kiln {
 namespace {
@@ -303,6 +304,7 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
     if (options.log)
         std::fprintf(options.log, "kiln: %s\n", device_message_.c_str());
     backend_->set_precision(options.precision);
+    step_graphs_ = options.step_graphs;
     if (options.log && options.precision == Precision::kTf32) {
         std::fprintf(options.log,
                      "kiln: precision tf32: GEMM operands rounded to TF32; float32 sums, "
@@ -338,6 +340,7 @@ void Sequential::compile(const Optimizer& optimizer, const Loss& loss,
         }
     }
     n_params_ = std::max<int64_t>(offset, 1);
+    ++buffers_generation_;
     params_ = Tensor(*backend_, {n_params_}, dtype_);
     grads_ = Tensor(*backend_, {n_params_}, dtype_);
     nontrainable_ = Tensor(*backend_, {std::max<int64_t>(fixed_offset, 1)}, dtype_);
@@ -394,6 +397,7 @@ void Sequential::ensure_buffers(int64_t batch) {
     buf->grad_b = Tensor(b, {batch, widest}, dtype_);
     buf->acc = Tensor(b, {2 * AccumulatorSlots::kPerSet}, DType::kFloat64);
     buffers_ = std::move(buf);
+    ++buffers_generation_;
     layer_inputs_.assign(layers_.size(), View{});
 }
 
@@ -477,17 +481,18 @@ int64_t target_columns(const Loss& loss, int64_t outputs) {
 }  // namespace
 
 void Sequential::evaluate_on_device(const View& x, const View& y, int64_t rows, int64_t batch,
-                                    int slot) {
+                                    const View& acc, int slot) {
     Backend& b = backend();
     const int64_t in = shape_elements(input_shape_);
     const int64_t outputs = shape_elements(output_shape());
     const int64_t yc = target_columns(loss_, outputs);
-    StepContext ctx{&b, /*training=*/false, /*want_logits=*/true, seed_, uint64_t(iterations_)};
+    StepContext ctx{&b,    /*training=*/false,    /*want_logits=*/true,
+                    seed_, uint64_t(iterations_), View{}};
     for (int64_t offset = 0; offset < rows; offset += batch) {
         const int64_t n = std::min(batch, rows - offset);
         const View out = forward(ctx, x.slice(offset * in, {n, in}), n);
         b.loss(loss_spec_, out, y.slice(offset * yc, {n, yc}), View{nullptr, dtype_, {}}, n,
-               outputs, n, buffers_->acc.view(), slot);
+               outputs, n, acc, slot);
     }
 }
 
@@ -503,17 +508,15 @@ Logs Sequential::logs_from(const double* acc, int slot, const std::string& prefi
 
 namespace {
 
-// Runs a function when the scope ends, however it ends.
-class ScopeExit {
-  public:
-    explicit ScopeExit(std::function<void()> f) : f_(std::move(f)) {}
-    ~ScopeExit() { f_(); }
-    ScopeExit(const ScopeExit&) = delete;
-    ScopeExit& operator=(const ScopeExit&) = delete;
-
-  private:
-    std::function<void()> f_;
-};
+// Whether two updates differ only in their per-step scalars (the rate and Adam's step size,
+// which a captured step reads from StepScalars).
+bool same_update_rule(OptimizerStep a, OptimizerStep b) {
+    a.learning_rate = b.learning_rate = 0.0f;
+    a.alpha = b.alpha = 0.0f;
+    return a.kind == b.kind && a.momentum == b.momentum && a.nesterov == b.nesterov &&
+           a.beta_1 == b.beta_1 && a.beta_2 == b.beta_2 && a.rho == b.rho &&
+           a.epsilon == b.epsilon && a.centered == b.centered && a.weight_decay == b.weight_decay;
+}
 
 // Whether two fits' arguments (TrainingState::fit_args_json) give the same batches in the same
 // order; the number of epochs does not matter.
@@ -583,6 +586,51 @@ std::string Sequential::callbacks_state_json() const {
     }
     return state.dump();
 }
+
+namespace {
+
+// The reliability tests' NaN injection: KILN_INJECT_NAN="loss@S" makes the model's output NaN
+// in optimizer step S (1-based), so the loss and every gradient of that step are NaN;
+// "grad@S" makes one gradient NaN after step S's backward pass, so the update writes NaN into
+// a weight and the following steps' losses are NaN.
+struct NanInjection {
+    std::string where;  // "loss" or "grad"; empty for none
+    int64_t step = 0;
+};
+
+const NanInjection& nan_injection() {
+    static const NanInjection injection = [] {
+        NanInjection n;
+        const char* spec = std::getenv("KILN_INJECT_NAN");
+        if (spec == nullptr)
+            return n;
+        const std::string text = spec;
+        const size_t at = text.find('@');
+        if (at == std::string::npos ||
+            (text.substr(0, at) != "loss" && text.substr(0, at) != "grad")) {
+            std::fprintf(
+                stderr,
+                "kiln: warning: KILN_INJECT_NAN=%s is not loss@STEP or grad@STEP; ignored\n", spec);
+            return n;
+        }
+        n.where = text.substr(0, at);
+        n.step = std::atoll(text.c_str() + at + 1);
+        return n;
+    }();
+    return injection;
+}
+
+void write_nan(Backend& b, void* at, DType dtype) {
+    if (dtype == DType::kFloat64) {
+        const double nan = std::numeric_limits<double>::quiet_NaN();
+        b.upload(at, &nan, sizeof(nan));
+    } else {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        b.upload(at, &nan, sizeof(nan));
+    }
+}
+
+}  // namespace
 
 History Sequential::fit(const data::Array& x, const data::Array& y, const FitArgs& args) {
     Backend& b = backend();
@@ -755,11 +803,91 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
     resume_within_epoch_.reset();
     const int64_t iterations_at_start = iterations_;
 
+    // The step's per-step values live on the device (StepScalars): written here when an epoch
+    // starts or a callback changes the learning rate, moved on by each step's last op.
+    Tensor scalars(b, {int64_t(sizeof(StepScalars))}, DType::kUInt8);
+    float scalars_rate = 0.0f;
+    auto write_scalars = [&](int64_t batch) {
+        StepScalars s;
+        s.iteration = iterations_;
+        s.batch = batch;
+        s.learning_rate = optimizer_.hyper.learning_rate;
+        s.alpha = math::step_size(optimizer_.hyper, s.learning_rate, iterations_ + 1);
+        b.upload(scalars.data(), &s, sizeof(s));
+        scalars_rate = s.learning_rate;
+    };
+    StepInputs step_inputs;
+    step_inputs.x = x_train.view();
+    step_inputs.y = y_train.view();
+    step_inputs.perm = perm.view();
+    step_inputs.scalars = scalars.view();
+    step_inputs.batch_size = args.batch_size;
+    step_inputs.x_cols = in;
+    step_inputs.y_cols = yc;
+
+    // Step graphs: the training step of a full batch and the validation pass's full batches,
+    // each captured once (after an eager run of the same shapes has made cuDNN's plans and
+    // any scratch) and replayed; short batches run eagerly. A graph is made again when the
+    // buffers it uses were reallocated or the update rule changed. The test hook that writes
+    // NaN mid-step needs the host in every step, so it runs eagerly.
+    graph_stats_ = StepGraphStats();
+    graph_stats_.enabled = (step_graphs_ == StepGraphs::kOn ||
+                            (step_graphs_ == StepGraphs::kAuto && b.kind() == DeviceKind::kCuda)) &&
+                           nan_injection().where.empty();
+    struct Captured {
+        std::unique_ptr<StepGraph> graph;
+        uint64_t generation = 0;
+        OptimizerStep rule;
+        bool warmed = false;  // an eager run of the same shapes came first
+    };
+    Captured train_graph, val_graph;
+    auto give_up_graphs = [&](const std::exception& e) {
+        graph_stats_.enabled = false;
+        graph_stats_.off_reason = e.what();
+        train_graph.graph.reset();
+        val_graph.graph.reset();
+        std::fprintf(stderr, "kiln: warning: step graphs off for the rest of this fit: %s\n",
+                     e.what());
+    };
+    // Replays `slot`'s graph, capturing it first when it is missing or stale; false when the
+    // caller must queue the ops itself (graphs off, not warmed yet, or the capture failed).
+    auto run_captured = [&](Captured* slot, const std::function<void()>& body,
+                            int64_t* nodes) -> bool {
+        if (!graph_stats_.enabled)
+            return false;
+        if (!slot->warmed) {
+            slot->warmed = true;
+            return false;
+        }
+        if (!slot->graph || slot->generation != buffers_generation_ ||
+            !same_update_rule(slot->rule, optimizer_.hyper)) {
+            slot->graph.reset();
+            try {
+                slot->graph = b.capture(body);
+            } catch (const Error& e) {
+                give_up_graphs(e);
+                return false;
+            }
+            slot->generation = buffers_generation_;
+            slot->rule = optimizer_.hyper;
+            *nodes = slot->graph->nodes();
+            ++graph_stats_.captures;
+        }
+        slot->graph->replay();
+        ++graph_stats_.replays;
+        return true;
+    };
+
     Logs logs;
     for (auto& cb : callbacks)
         cb->on_train_begin(logs);
-    const View acc = buffers_->acc.view();
-    const View x_buf = buffers_->x.view(), y_buf = buffers_->y.view();
+    // fit's own accumulators, apart from the buffers': a callback's evaluate in mid-epoch
+    // neither clears them nor moves them (it may reallocate the buffers for its batch size).
+    Tensor fit_acc(b, {2 * AccumulatorSlots::kPerSet}, DType::kFloat64);
+    const View acc = fit_acc.view();
+    step_inputs.acc = acc;
+    fit_sums_ = acc;
+    const ScopeExit no_sums([this] { fit_sums_ = View{}; });
     for (int epoch = first_epoch; epoch < args.epochs && !stop_training; ++epoch) {
         for (auto& cb : callbacks)
             cb->on_epoch_begin(epoch, Logs());
@@ -772,6 +900,7 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
             step = first_batch;
             batches_in_epoch_ = first_batch;
         }
+        write_scalars(step);
 
         for (; step < steps; ++step) {
             // A signal's request is taken between steps: the weights are those after a whole
@@ -782,9 +911,17 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
             const int64_t rows = std::min(args.batch_size, n_train - offset);
             for (auto& cb : callbacks)
                 cb->on_train_batch_begin(step, Logs());
-            b.gather_rows(x_train.view(), perm.view(), offset, rows, in, x_buf);
-            b.gather_rows(y_train.view(), perm.view(), offset, rows, yc, y_buf);
-            train_step(rows);
+            if (optimizer_.hyper.learning_rate != scalars_rate)
+                write_scalars(step);  // a callback set a new rate
+            const bool replayed = rows == args.batch_size &&
+                                  run_captured(
+                                      &train_graph, [&] { queue_train_step(step_inputs, rows); },
+                                      &graph_stats_.train_nodes);
+            if (!replayed) {
+                queue_train_step(step_inputs, rows);
+                ++graph_stats_.eager_steps;
+            }
+            ++iterations_;
             batches_in_epoch_ = step + 1;
             Logs batch_logs;
             if (want_batch_logs) {
@@ -804,8 +941,20 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
         if (n_val > 0) {
             for (auto& cb : callbacks)
                 cb->on_test_begin(Logs());
-            evaluate_on_device(x_val.view(), y_val.view(), n_val, args.batch_size,
-                               AccumulatorSlots::kPerSet);
+            // The full batches (from a graph when step graphs are on), then the short one.
+            const int64_t full_rows = n_val / args.batch_size * args.batch_size;
+            auto queue_full = [&] {
+                evaluate_on_device(x_val.view(), y_val.view(), full_rows, args.batch_size, acc,
+                                   AccumulatorSlots::kPerSet);
+            };
+            if (full_rows > 0 && !run_captured(&val_graph, queue_full, &graph_stats_.val_nodes))
+                queue_full();
+            if (full_rows < n_val) {
+                evaluate_on_device(x_val.view().slice(full_rows * in, {n_val - full_rows, in}),
+                                   y_val.view().slice(full_rows * yc, {n_val - full_rows, yc}),
+                                   n_val - full_rows, args.batch_size, acc,
+                                   AccumulatorSlots::kPerSet);
+            }
         }
         // The epoch's one read: training and validation sums together.
         double sums[2 * AccumulatorSlots::kPerSet];
@@ -875,77 +1024,28 @@ void Sequential::stop_for_signal(int signal, const FitArgs& args,
     throw Interrupted(signal, what);
 }
 
-namespace {
-
-// The reliability tests' NaN injection: KILN_INJECT_NAN="loss@S" makes the model's output NaN
-// in optimizer step S (1-based), so the loss and every gradient of that step are NaN;
-// "grad@S" makes one gradient NaN after step S's backward pass, so the update writes NaN into
-// a weight and the following steps' losses are NaN.
-struct NanInjection {
-    std::string where;  // "loss" or "grad"; empty for none
-    int64_t step = 0;
-};
-
-const NanInjection& nan_injection() {
-    static const NanInjection injection = [] {
-        NanInjection n;
-        const char* spec = std::getenv("KILN_INJECT_NAN");
-        if (spec == nullptr)
-            return n;
-        const std::string text = spec;
-        const size_t at = text.find('@');
-        if (at == std::string::npos ||
-            (text.substr(0, at) != "loss" && text.substr(0, at) != "grad")) {
-            std::fprintf(
-                stderr,
-                "kiln: warning: KILN_INJECT_NAN=%s is not loss@STEP or grad@STEP; ignored\n", spec);
-            return n;
-        }
-        n.where = text.substr(0, at);
-        n.step = std::atoll(text.c_str() + at + 1);
-        return n;
-    }();
-    return injection;
-}
-
-void write_nan(Backend& b, void* at, DType dtype) {
-    if (dtype == DType::kFloat64) {
-        const double nan = std::numeric_limits<double>::quiet_NaN();
-        b.upload(at, &nan, sizeof(nan));
-    } else {
-        const float nan = std::numeric_limits<float>::quiet_NaN();
-        b.upload(at, &nan, sizeof(nan));
-    }
-}
-
-}  // namespace
-
-void Sequential::train_step(int64_t rows) {
+void Sequential::queue_train_step(const StepInputs& in, int64_t rows) {
     Backend& b = *backend_;
     const int64_t outputs = shape_elements(output_shape());
     const NanInjection& inject = nan_injection();
     const bool inject_now = !inject.where.empty() && inject.step == iterations_ + 1;
-    StepContext ctx{&b, /*training=*/true, /*want_logits=*/true, seed_, uint64_t(iterations_)};
+    b.gather_batch(in.x, in.perm, in.scalars, in.batch_size, rows, in.x_cols, buffers_->x.view());
+    b.gather_batch(in.y, in.perm, in.scalars, in.batch_size, rows, in.y_cols, buffers_->y.view());
+    const StepContext ctx{&b,    /*training=*/true,     /*want_logits=*/true,
+                          seed_, uint64_t(iterations_), in.scalars};
     const View out = forward(ctx, buffers_->x.view().first_rows(rows), rows);
     if (inject_now && inject.where == "loss")
         write_nan(b, out.data, dtype_);
     b.loss(loss_spec_, out, buffers_->y.view().first_rows(rows), buffers_->grad_a.view(), rows,
-           outputs, rows, buffers_->acc.view(), 0);
+           outputs, rows, in.acc, 0);
     backward(ctx, rows);
     if (inject_now && inject.where == "grad")
         write_nan(b, grads_.data(), dtype_);
-
-    // Keras's step count starts at 1 for the first update; Adam's bias correction is folded
-    // into one step size on the host, so the update kernel stays a pure per-element function.
-    ++iterations_;
-    OptimizerStep step = optimizer_.hyper;
-    if (step.kind == OptimizerKind::kAdam || step.kind == OptimizerKind::kAdamW) {
-        const double t = static_cast<double>(iterations_);
-        step.alpha = static_cast<float>(step.learning_rate *
-                                        std::sqrt(1.0 - std::pow(double(step.beta_2), t)) /
-                                        (1.0 - std::pow(double(step.beta_1), t)));
-    }
-    b.optimizer_update(step, params_.view(), grads_.view(), opt_state_.view(), n_params_);
+    // Keras's step count starts at 1 for the first update; Adam's bias correction for it is
+    // in the scalars (math::step_size), so the update kernel stays a pure per-element function.
+    b.optimizer_update_step(optimizer_.hyper, in.scalars, params_.view(), grads_.view(),
+                            opt_state_.view(), n_params_);
+    b.advance_step(optimizer_.hyper, in.scalars);
 }
 
 Logs Sequential::evaluate(const data::Array& x, const data::Array& y, int64_t batch_size,
@@ -963,7 +1063,7 @@ Logs Sequential::evaluate(const data::Array& x, const data::Array& y, int64_t ba
     upload_values(b, yd.view(), y.values.data(), x.rows() * yc);
     ensure_buffers(batch_size);
     b.fill_zero(buffers_->acc.view());
-    evaluate_on_device(xd.view(), yd.view(), x.rows(), batch_size, 0);
+    evaluate_on_device(xd.view(), yd.view(), x.rows(), batch_size, buffers_->acc.view(), 0);
     double sums[AccumulatorSlots::kPerSet];
     b.read(sums, buffers_->acc.data(), sizeof(sums));
     Logs logs = logs_from(sums, 0, "");
@@ -991,7 +1091,8 @@ data::Array Sequential::predict(const data::Array& x, int64_t batch_size) {
     upload_values(b, xd.view(), x.values.data(), x.rows() * in);
     Tensor out(b, {x.rows(), outputs}, dtype_);
     ensure_buffers(batch_size);
-    StepContext ctx{&b, /*training=*/false, /*want_logits=*/false, seed_, uint64_t(iterations_)};
+    StepContext ctx{&b,    /*training=*/false,    /*want_logits=*/false,
+                    seed_, uint64_t(iterations_), View{}};
     const size_t elem = dtype_size(dtype_);
     for (int64_t offset = 0; offset < x.rows(); offset += batch_size) {
         const int64_t n = std::min(batch_size, x.rows() - offset);
@@ -1020,7 +1121,8 @@ double Sequential::compute_gradients(const data::Array& x, const data::Array& y)
     upload_values(b, buffers_->x.view(), x.values.data(), n * in);
     upload_values(b, buffers_->y.view(), y.values.data(), n * yc);
     b.fill_zero(buffers_->acc.view());
-    StepContext ctx{&b, /*training=*/true, /*want_logits=*/true, seed_, uint64_t(iterations_)};
+    StepContext ctx{&b,    /*training=*/true,     /*want_logits=*/true,
+                    seed_, uint64_t(iterations_), View{}};
     const View out = forward(ctx, buffers_->x.view().first_rows(n), n);
     b.loss(loss_spec_, out, buffers_->y.view().first_rows(n), buffers_->grad_a.view(), n, outputs,
            n, buffers_->acc.view(), 0);
@@ -1315,12 +1417,12 @@ uint64_t Sequential::submit_checkpoint(const CheckpointRequest& request, bool sy
                                           {fixed_at, fixed_src, nontrainable_.bytes()}};
     if (live)
         regions.push_back({job.state_offset, opt_state_.data(), opt_state_.bytes()});
-    if (live && batches_in_epoch_ > 0 && buffers_) {
-        // The first set of the accumulators: the epoch's training sums so far.
+    if (live && batches_in_epoch_ > 0 && fit_sums_.data != nullptr) {
+        // The first set of fit's accumulators: the epoch's training sums so far.
         job.sums_offset = job.state_offset + opt_state_.bytes();
         job.sums_count = AccumulatorSlots::kPerSet;
         regions.push_back(
-            {job.sums_offset, buffers_->acc.data(), AccumulatorSlots::kPerSet * sizeof(double)});
+            {job.sums_offset, fit_sums_.data, AccumulatorSlots::kPerSet * sizeof(double)});
     }
     if (live) {
         // The snapshot slots taken (EarlyStopping's best weights) go with a file to resume

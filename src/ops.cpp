@@ -89,4 +89,29 @@ std::string precision_name(Precision p) {
     return "fp32";
 }
 
+bool parse_step_graphs(const std::string& name, StepGraphs* out) {
+    if (name == "auto") {
+        *out = StepGraphs::kAuto;
+    } else if (name == "on") {
+        *out = StepGraphs::kOn;
+    } else if (name == "off") {
+        *out = StepGraphs::kOff;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+std::string step_graphs_name(StepGraphs mode) {
+    switch (mode) {
+        case StepGraphs::kAuto:
+            return "auto";
+        case StepGraphs::kOn:
+            return "on";
+        case StepGraphs::kOff:
+            return "off";
+    }
+    return "auto";
+}
+
 }  // namespace kiln

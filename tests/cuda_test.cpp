@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -336,6 +337,73 @@ TEST_F(CudaVsCpuTest, GemmInEachPrecisionMatchesTheCpuReference) {
             }
         }
     }
+}
+
+// The Dense GEMMs with their cuBLASLt epilogues (bias added in the GEMM; the bias gradient
+// reduced in it) against the CPU's gemm + bias_activation_forward and gemm + bias_grad, in every
+// precision, with and without a bias; and the fused path must be the one that ran.
+TEST_F(CudaVsCpuTest, DenseEpiloguesMatchTheCpuInEachPrecision) {
+    struct Case {
+        int64_t rows, k, cols;
+    };
+    const Case cases[] = {{1, 1, 1}, {37, 19, 23}, {256, 784, 128}, {32, 128, 10}};
+    const ActivationSpec acts[] = {{Activation::kLinear, 0.0f},
+                                   {Activation::kRelu, 0.0f},
+                                   {Activation::kTanh, 0.0f},
+                                   {Activation::kSoftmax, 0.0f}};
+    const uint64_t fused_before = cuda_->fused_gemms();
+    for (Precision p : {Precision::kFp32, Precision::kTf32, Precision::kBf16}) {
+        cpu_->set_precision(p);
+        cuda_->set_precision(p);
+        const double unit = std::ldexp(1.0, math::dropped_mantissa_bits(p) - 23);
+        for (const Case& c : cases) {
+            const double format = p == Precision::kFp32 ? 0.0 : 4 * unit * std::sqrt(double(c.k));
+            for (bool with_bias : {false, true}) {
+                Both x = both(random_values(size_t(c.rows * c.k), 20), {c.rows, c.k});
+                Both w = both(random_values(size_t(c.k * c.cols), 21), {c.k, c.cols});
+                Both bias = both(random_values(size_t(c.cols), 22), {c.cols});
+                const View no_bias_cpu{nullptr, DType::kFloat32, {}};
+                for (const ActivationSpec& act : acts) {
+                    SCOPED_TRACE(::testing::Message()
+                                 << precision_name(p) << " rows " << c.rows << " k " << c.k
+                                 << " cols " << c.cols << " bias " << with_bias << " "
+                                 << activation_name(act.kind));
+                    Both y =
+                        both(std::vector<float>(size_t(c.rows * c.cols), 0.0f), {c.rows, c.cols});
+                    cpu_->dense_forward(x.cpu.view(), w.cpu.view(),
+                                        with_bias ? bias.cpu.view() : no_bias_cpu, y.cpu.view(),
+                                        c.rows, c.k, c.cols, act);
+                    cuda_->dense_forward(x.cuda.view(), w.cuda.view(),
+                                         with_bias ? bias.cuda.view() : no_bias_cpu, y.cuda.view(),
+                                         c.rows, c.k, c.cols, act);
+                    EXPECT_TRUE(matches_cpu(values<float>(y.cpu), values<float>(y.cuda),
+                                            2e-6 * double(c.k) + format, 1e-5, c.cols));
+                }
+                Both dz = both(random_values(size_t(c.rows * c.cols), 23), {c.rows, c.cols});
+                Both dw = both(std::vector<float>(size_t(c.k * c.cols), 0.0f), {c.k, c.cols});
+                Both db = both(std::vector<float>(size_t(c.cols), 0.0f), {c.cols});
+                cpu_->dense_backward_weights(x.cpu.view(), dz.cpu.view(), dw.cpu.view(),
+                                             with_bias ? db.cpu.view() : no_bias_cpu, c.rows, c.k,
+                                             c.cols);
+                cuda_->dense_backward_weights(x.cuda.view(), dz.cuda.view(), dw.cuda.view(),
+                                              with_bias ? db.cuda.view() : no_bias_cpu, c.rows, c.k,
+                                              c.cols);
+                const double rows_format =
+                    p == Precision::kFp32 ? 0.0 : 4 * unit * std::sqrt(double(c.rows));
+                EXPECT_TRUE(matches_cpu(values<float>(dw.cpu), values<float>(dw.cuda),
+                                        2e-6 * double(c.rows) + rows_format, 1e-5, c.cols));
+                if (with_bias) {
+                    EXPECT_TRUE(matches_cpu(values<float>(db.cpu), values<float>(db.cuda),
+                                            2e-6 * double(c.rows), 1e-5));
+                }
+            }
+        }
+    }
+    cpu_->set_precision(Precision::kFp32);
+    cuda_->set_precision(Precision::kFp32);
+    EXPECT_GT(cuda_->fused_gemms(), fused_before)
+        << "no dense_* call ran as a cuBLASLt matmul with its epilogue (" << cuda_->unfused_gemms()
+        << " fell back to separate ops)";
 }
 
 // ---- element-wise and row-wise ops -------------------------------------------------------------
@@ -855,6 +923,110 @@ TEST_F(CudaVsCpuTest, FitOneEpochMatchesTheCpu) {
                                     cuda_weights[l].weights[w].values, 1e-5, 1e-4));
         }
     }
+}
+
+// ---- step graphs (a stream capture instantiated as a CUDA graph) ------------------------------
+
+// fit with its steps replayed from CUDA graphs against the same fit queued op by op, on the GPU.
+// The ops are the same kernels on the same memory, so only atomics' order (the loss sums) may
+// move the last bits.
+void expect_graphs_match_eager(const std::function<std::unique_ptr<Sequential>(StepGraphs)>& make,
+                               const data::Array& x, const data::Array& y, const FitArgs& args,
+                               int64_t expected_captures) {
+    std::unique_ptr<Sequential> eager = make(StepGraphs::kOff);
+    std::unique_ptr<Sequential> graphs = make(StepGraphs::kOn);
+    const History eager_history = eager->fit(x, y, args);
+    const uint64_t reads_before = graphs->backend().reads();
+    const History graph_history = graphs->fit(x, y, args);
+    EXPECT_EQ(graphs->backend().reads() - reads_before, uint64_t(args.epochs));
+    const StepGraphStats& stats = graphs->step_graph_stats();
+    ASSERT_TRUE(stats.enabled) << stats.off_reason;
+    EXPECT_EQ(stats.off_reason, "");
+    EXPECT_EQ(stats.captures, expected_captures);
+    EXPECT_GT(stats.replays, 0);
+    EXPECT_GT(stats.train_nodes, 5);
+    for (const std::string& key : eager_history.keys) {
+        SCOPED_TRACE(key);
+        EXPECT_TRUE(
+            matches_cpu(eager_history.history.at(key), graph_history.history.at(key), 1e-6, 1e-6));
+    }
+    const std::vector<LayerWeights> a = eager->get_weights();
+    const std::vector<LayerWeights> b = graphs->get_weights();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t l = 0; l < a.size(); ++l) {
+        for (size_t w = 0; w < a[l].weights.size(); ++w) {
+            SCOPED_TRACE(a[l].layer_name + "/" + a[l].weights[w].name);
+            EXPECT_TRUE(matches_cpu(a[l].weights[w].values, b[l].weights[w].values, 1e-6, 1e-5));
+        }
+    }
+}
+
+TEST_F(CudaVsCpuTest, StepGraphsReplayTheEagerFit) {
+    const int64_t rows = 700, features = 24, classes = 5;
+    const data::Array x =
+        testing::make_array({rows, features}, random_values(size_t(rows * features), 200));
+    const data::Array y = testing::random_labels(rows, classes, 201);
+    auto make = [&](StepGraphs graphs) {
+        auto model = std::make_unique<Sequential>(
+            std::vector<LayerPtr>{layers::Dense(32, "relu"), layers::Dropout(0.3f),
+                                  layers::Dense(16, "gelu"), layers::Dense(classes, "softmax")},
+            layers::Input({features}));
+        CompileOptions options;
+        options.device = DeviceChoice::kCuda;
+        options.log = nullptr;
+        options.step_graphs = graphs;
+        model->compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
+                       options);
+        return model;
+    };
+    FitArgs args;
+    args.epochs = 3;
+    args.batch_size = 32;  // 525 training rows: 16 full batches and one of 13
+    args.validation_split = 0.25;
+    args.verbose = 0;
+    expect_graphs_match_eager(make, x, y, args, 2);
+}
+
+TEST_F(CudaVsCpuTest, StepGraphsCaptureTheCudnnOps) {
+    const int64_t rows = 96;
+    const data::Array x =
+        testing::make_array({rows, 10, 10, 3}, random_values(size_t(rows * 300), 300, 0.0f, 1.0f));
+    const data::Array y = testing::random_labels(rows, 4, 301);
+    auto make = [&](StepGraphs graphs) {
+        auto model = std::make_unique<Sequential>(
+            std::vector<LayerPtr>{layers::Conv2D(8, {3, 3}, "relu", {1, 1}, "same"),
+                                  layers::BatchNormalization(), layers::MaxPooling2D({2, 2}),
+                                  layers::Conv2D(8, {3, 3}, "relu"), layers::Flatten(),
+                                  layers::Dropout(0.5f), layers::Dense(4, "softmax")},
+            layers::Input({10, 10, 3}));
+        CompileOptions options;
+        options.device = DeviceChoice::kCuda;
+        options.log = nullptr;
+        options.step_graphs = graphs;
+        model->compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
+                       options);
+        return model;
+    };
+    FitArgs args;
+    args.epochs = 3;
+    args.batch_size = 16;  // 72 training rows: 4 full batches and one of 8; 24 to validate
+    args.validation_split = 0.25;
+    args.verbose = 0;
+    expect_graphs_match_eager(make, x, y, args, 2);
+}
+
+TEST_F(CudaVsCpuTest, ACaptureRefusesAReadAndTheStreamWorksAfterwards) {
+    Tensor t(*cuda_, {4}, DType::kFloat32);
+    float host[4] = {1, 2, 3, 4};
+    t.copy_from_host(host);
+    EXPECT_THROW(cuda_->capture([&] { cuda_->read(host, t.data(), sizeof(host)); }), Error);
+    EXPECT_FALSE(cuda_->capturing());
+    std::unique_ptr<StepGraph> g = cuda_->capture([&] { cuda_->fill_zero(t.view()); });
+    EXPECT_GE(g->nodes(), 1);
+    g->replay();
+    t.copy_to_host(host);
+    EXPECT_EQ(host[0], 0.0f);
+    EXPECT_EQ(host[3], 0.0f);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,6 +62,33 @@ class StagingBuffer {
 
   private:
     size_t bytes_;
+};
+
+// A step recorded once by Backend::capture and replayed as recorded: the same ops on the same
+// memory, their per-step values read from the StepScalars on the device (kiln/ops.h). It must
+// not outlive the memory its ops use, nor the backend.
+class StepGraph {
+  public:
+    virtual ~StepGraph() = default;
+    StepGraph(const StepGraph&) = delete;
+    StepGraph& operator=(const StepGraph&) = delete;
+
+    // Queues the recorded ops, in order, after everything queued so far; returns at once.
+    void replay() {
+        launch();
+        ++replays_;
+    }
+    // The recorded ops (CPU) or the graph's nodes (CUDA).
+    int64_t nodes() const { return nodes_; }
+    int64_t replays() const { return replays_; }
+
+  protected:
+    explicit StepGraph(int64_t nodes) : nodes_(nodes) {}
+    virtual void launch() = 0;
+
+  private:
+    int64_t nodes_;
+    int64_t replays_ = 0;
 };
 
 class Backend {
@@ -124,6 +152,23 @@ class Backend {
                                      int64_t rows, int64_t cols, ActivationSpec act) = 0;
     // db(cols) = column sums of dz(rows×cols).
     virtual void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) = 0;
+
+    // ---- the Dense layer's GEMMs with their epilogues ---------------------------------------
+    // y(rows×cols) = act(x(rows×k) · w(k×cols) + bias): gemm, then bias_activation_forward, by
+    // default (the CPU). CUDA runs it as one cuBLASLt matmul whose epilogue adds the bias and
+    // applies a relu (or nothing), where cuBLASLt has an algorithm for the shape; other
+    // activations keep kiln's kernel after a bias epilogue. y is written, never aliased.
+    virtual void dense_forward(const View& x, const View& w, const View& bias, const View& y,
+                               int64_t rows, int64_t k, int64_t cols, ActivationSpec act);
+    // dw(k×cols) = xᵀ(k×rows) · dz(rows×cols) and, when db.data is non-null, db(cols) = the
+    // column sums of dz: gemm, then bias_grad, by default; on CUDA one cuBLASLt matmul with
+    // the bias-gradient epilogue.
+    virtual void dense_backward_weights(const View& x, const View& dz, const View& dw,
+                                        const View& db, int64_t rows, int64_t k, int64_t cols);
+    // The dense_* calls that ran as one fused matmul, and those that fell back to separate
+    // ops (the CPU's are all separate), since construction.
+    uint64_t fused_gemms() const { return fused_gemms_; }
+    uint64_t unfused_gemms() const { return unfused_gemms_; }
 
     // The loss over `rows` samples: adds the loss sum, the metric sum and the sample count into
     // acc[slot + AccumulatorSlots::k*] (double), and, when grad.data is non-null, writes
@@ -193,9 +238,44 @@ class Backend {
                                      const View& saved_inv_std, const View& dx, const View& dgamma,
                                      const View& dbeta) = 0;
 
+    // ---- step graphs ------------------------------------------------------------------------
+    // Records the ops `body` queues, without running them, and returns them as a graph whose
+    // replay() runs them. On CUDA this is a stream capture instantiated as a CUDA graph; on the
+    // CPU each op is kept as a closure over its arguments as they were when recorded, which is
+    // what a CUDA graph keeps of a kernel launch: a value the host changes from step to step
+    // must come from StepScalars, or the CPU's replay gets the stale one and the tests see it.
+    // While recording, the calls that move data to or from the host, wait, or allocate
+    // (allocate, upload, read, peek, synchronize, make_staging_buffer) throw kiln::Error and
+    // a deallocate makes the capture fail: a graph keeps no host buffer and no memory it did not
+    // find. If body throws, the capture is abandoned and the exception passes on.
+    virtual std::unique_ptr<StepGraph> capture(const std::function<void()>& body) = 0;
+    bool capturing() const { return capturing_; }
+
+    // The ops of a step that read their per-step values from `scalars` (one StepScalars on the
+    // device) when they run rather than from the host when they are queued:
+    // dst(count×cols) = src rows index[s.batch·batch_size ..+count), as gather_rows.
+    virtual void gather_batch(const View& src, const View& index, const View& scalars,
+                              int64_t batch_size, int64_t count, int64_t cols, const View& dst) = 0;
+    // dropout_forward with counter s.iteration.
+    virtual void dropout_forward_step(const View& x, const View& y, const View& mask, int64_t n,
+                                      float rate, uint64_t seed, const View& scalars) = 0;
+    // optimizer_update with hyper's learning_rate and alpha replaced by s's.
+    virtual void optimizer_update_step(const OptimizerStep& hyper, const View& scalars,
+                                       const View& params, const View& grads, const View& state,
+                                       int64_t n) = 0;
+    // The step's last op: s.iteration and s.batch move on by one, s.alpha becomes the step size
+    // of the next update (math::advance_step).
+    virtual void advance_step(const OptimizerStep& hyper, const View& scalars) = 0;
+
   protected:
+    // Throws kiln::Error naming `op` while a capture records.
+    void refuse_while_capturing(const char* op) const;
+
     uint64_t reads_ = 0;
+    uint64_t fused_gemms_ = 0;
+    uint64_t unfused_gemms_ = 0;
     Precision precision_ = Precision::kFp32;
+    bool capturing_ = false;
 };
 
 enum class DeviceChoice { kAuto, kCuda, kCpu };

@@ -38,6 +38,10 @@ struct StepContext {
     bool want_logits = false;
     uint64_t seed = 0;  // the model's seed
     uint64_t step = 0;  // training steps so far: the counter of the dropout RNG
+    // In fit: the StepScalars on the device (kiln/ops.h), from which the ops take the step's
+    // values (dropout's counter in place of `step`) when they run, so that the step can be
+    // captured once and replayed. Null data: the values above are used.
+    View step_scalars;
 };
 
 class Layer {

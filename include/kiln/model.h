@@ -44,8 +44,22 @@ struct CompileOptions {
     // default; kTf32 and kBf16 round the operands of the Dense and Conv2D GEMMs and keep
     // float32 sums, weights, gradients, optimizer state and activations. Float32 only.
     Precision precision = Precision::kFp32;
+    // Whether fit captures its training step and its validation pass as graphs once and
+    // replays them (kiln/ops.h, StepGraphs): by default on CUDA only.
+    StepGraphs step_graphs = StepGraphs::kAuto;
     // Where the device choice is reported ("kiln: using cpu ..."); null for silence.
     std::FILE* log = stderr;
+};
+
+// What the last fit did with step graphs (CompileOptions::step_graphs).
+struct StepGraphStats {
+    bool enabled = false;     // fit meant to use them
+    int64_t captures = 0;     // graphs recorded (training step and validation pass)
+    int64_t replays = 0;      // training steps and validation passes run from a graph
+    int64_t eager_steps = 0;  // training steps queued op by op (the warm-up, short batches)
+    int64_t train_nodes = 0;  // ops (CPU) or nodes (CUDA) of the training step's graph
+    int64_t val_nodes = 0;    // the same for the validation pass
+    std::string off_reason;   // why fit stopped using them, when a capture failed
 };
 
 struct FitArgs {
@@ -188,6 +202,8 @@ class Sequential {
     std::string callbacks_state_json() const;
     // A one-line description of the chosen backend and why.
     const std::string& device_message() const { return device_message_; }
+    // The last fit's use of step graphs.
+    const StepGraphStats& step_graph_stats() const { return graph_stats_; }
 
   private:
     struct Buffers;
@@ -201,16 +217,27 @@ class Sequential {
     // Runs the layers forward on `n` rows already in the input buffer; returns the output view.
     View forward(const StepContext& ctx, const View& input, int64_t n);
     void backward(const StepContext& ctx, int64_t n);
-    // Forward, loss, backward and the optimizer update on the `rows` samples in the batch
-    // buffers.
-    void train_step(int64_t rows);
+    // What a training step reads: the training set on the device, the epoch's permutation and
+    // the StepScalars (kiln/ops.h).
+    struct StepInputs {
+        View x, y, perm, scalars;
+        View acc;  // fit's accumulators; the step adds into the training set
+        int64_t batch_size = 0;
+        int64_t x_cols = 0, y_cols = 0;
+    };
+    // Queues one training step on `rows` samples: the gather of batch s.batch, forward, loss,
+    // backward, the optimizer update and advance_step, every per-step value read from the
+    // StepScalars on the device, so that the same ops replay as a graph (the host's
+    // iterations_ is moved on by the caller).
+    void queue_train_step(const StepInputs& in, int64_t rows);
     // fit's answer to a signal (kiln/interrupt.h): the interrupt checkpoint, the callbacks'
     // on_interrupt, the writer drained; throws Interrupted.
     [[noreturn]] void stop_for_signal(int signal, const FitArgs& args,
                                       const std::vector<CallbackPtr>& callbacks, int epoch,
                                       int64_t iterations_at_start);
     // Adds one set's loss and metric over x, y (device tensors) into acc[slot].
-    void evaluate_on_device(const View& x, const View& y, int64_t rows, int64_t batch, int slot);
+    void evaluate_on_device(const View& x, const View& y, int64_t rows, int64_t batch,
+                            const View& acc, int slot);
     Logs logs_from(const double* acc, int slot, const std::string& prefix) const;
     std::string training_config_json() const;
     // The model's checkpoint writer, made at the first checkpoint after compile.
@@ -233,6 +260,14 @@ class Sequential {
     uint64_t seed_ = 1;
     DType dtype_ = DType::kFloat32;
     int64_t iterations_ = 0;  // optimizer steps taken (Keras's optimizer.iterations)
+    StepGraphs step_graphs_ = StepGraphs::kAuto;
+    StepGraphStats graph_stats_;
+    // Counts the reallocations of the buffers a captured graph uses; a graph made under
+    // another count is stale.
+    uint64_t buffers_generation_ = 0;
+    // The accumulators of the fit under way (a checkpoint within an epoch stores the training
+    // sums); null outside fit.
+    View fit_sums_;
 
     Tensor params_, grads_, opt_state_;
     Tensor nontrainable_;   // non-trainable weights; never updated by the optimizer

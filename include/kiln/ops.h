@@ -51,8 +51,9 @@ struct AccumulatorSlots {
 
 enum class OptimizerKind { kSGD, kAdam, kAdamW, kRMSprop };
 
-// The scalars of one optimizer step. The host computes the step-dependent ones (Adam's bias
-// correction) so that the update kernel is a pure per-element function.
+// The scalars of one optimizer step. The step-dependent one (Adam's bias correction) is folded
+// into `alpha` once per step (math::step_size), so the update kernel is a pure per-element
+// function.
 struct OptimizerStep {
     OptimizerKind kind = OptimizerKind::kAdam;
     float learning_rate = 1e-3f;
@@ -69,6 +70,28 @@ struct OptimizerStep {
 
 // How many state slots (each the size of the parameter buffer) an optimizer keeps.
 int optimizer_state_slots(const OptimizerStep& step);
+
+// The values of a training step that change from one step to the next, kept in device memory so
+// that a step captured once as a graph (Backend::capture) replays unchanged for every batch: the
+// host writes them when an epoch starts (and when a callback changes the learning rate), and the
+// step's last op, Backend::advance_step, moves them on to the next step. The ops that read them
+// are Backend::gather_batch, dropout_forward_step and optimizer_update_step.
+struct StepScalars {
+    int64_t iteration = 0;       // optimizer updates before this step; dropout's RNG counter
+    int64_t batch = 0;           // this step's batch in the epoch: rows index[batch · size ...)
+    float learning_rate = 0.0f;  // the optimizer's rate for this step
+    float alpha = 0.0f;          // Adam's step size for update iteration + 1 (0 for the others)
+};
+
+// Whether fit captures its training and validation steps as graphs and replays them
+// (Backend::capture): kAuto does on CUDA, where it saves the launches, and not on the CPU,
+// where there is nothing to save; kOn and kOff force it either way (kOn on the CPU replays
+// recorded closures, which is how the tests hold the bookkeeping to the eager path).
+enum class StepGraphs { kAuto, kOn, kOff };
+
+// "auto", "on", "off"; parse returns false for another name.
+bool parse_step_graphs(const std::string& name, StepGraphs* out);
+std::string step_graphs_name(StepGraphs mode);
 
 // The number format the GEMMs take their operands in (Dense forward and backward, Conv2D).
 // Every mode accumulates in float32 and keeps weights, gradients, optimizer state and the

@@ -439,7 +439,8 @@ struct FitFlags {
     bool from_logits = false;
     std::string metric = "accuracy";
     uint64_t seed = 1;
-    std::string precision = "fp32";  // the GEMMs' operand format (kiln/ops.h)
+    std::string precision = "fp32";    // the GEMMs' operand format (kiln/ops.h)
+    std::string step_graphs = "auto";  // kiln/ops.h, StepGraphs
     bool no_shuffle = false;
     std::string metrics_json;
     std::string save;
@@ -487,6 +488,7 @@ std::unique_ptr<kiln::Sequential> resume_model(FitFlags* f, kiln::TrainingState*
     kiln::CompileOptions options;
     options.device = device_choice(f->data.device);
     kiln::parse_precision(f->precision, &options.precision);  // checked by the flag
+    kiln::parse_step_graphs(f->step_graphs, &options.step_graphs);
     auto model = kiln::load_model(f->resume, options);
     kiln::throw_if_error(model->restore_training_state(f->resume, state));
     take_fit_args(*state, f);
@@ -552,6 +554,7 @@ int run_fit(FitFlags f) {
     options.device = device_choice(f.data.device);
     options.seed = f.seed;
     kiln::parse_precision(f.precision, &options.precision);  // checked by the flag
+    kiln::parse_step_graphs(f.step_graphs, &options.step_graphs);
     std::vector<std::string> metrics;
     if (!f.metric.empty() && f.metric != "none")
         metrics.push_back(f.metric);
@@ -599,6 +602,13 @@ int run_fit(FitFlags f) {
     nlohmann::json report;
     report["device"] = model.device_message();
     report["precision"] = kiln::precision_name(model.backend().precision());
+    {
+        const kiln::StepGraphStats& g = model.step_graph_stats();
+        report["step_graphs"] = {{"enabled", g.enabled},         {"captures", g.captures},
+                                 {"replays", g.replays},         {"eager_steps", g.eager_steps},
+                                 {"train_nodes", g.train_nodes}, {"val_nodes", g.val_nodes},
+                                 {"off_reason", g.off_reason}};
+    }
     report["epochs"] = history.epoch;
     report["fit_seconds"] = seconds;
     report["host_reads"] = model.backend().reads();
@@ -842,6 +852,12 @@ int main(int argc, char** argv) {
                      "in TF32); float32 sums, weights and optimizer state in every mode")
         ->capture_default_str()
         ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
+    fit_cmd
+        ->add_option("--step-graphs", fit.step_graphs,
+                     "Capture the training step and the validation pass once as graphs and "
+                     "replay them: auto (on CUDA only), on, off")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "on", "off"}));
     fit_cmd->add_flag("--no-shuffle", fit.no_shuffle, "Keep the training order every epoch");
     fit_cmd->add_option("--metrics-json", fit.metrics_json,
                         "Also write the history and the test figures to this JSON file");

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -23,6 +24,7 @@
 #include "kernels/math.h"
 #include "kiln/backend.h"
 #include "kiln/status.h"
+#include "scope_exit.h"
 
 namespace kiln {
 namespace {
@@ -368,6 +370,7 @@ class CpuBackend final : public Backend {
 
     // ---- memory --------------------------------------------------------------------------
     void* allocate(size_t bytes) override {
+        refuse_while_capturing("allocate");
         // 64-byte alignment: cache lines and the widest vector loads.
         void* ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!ptr)
@@ -375,28 +378,49 @@ class CpuBackend final : public Backend {
                         " bytes");
         return ptr;
     }
-    void deallocate(void* ptr, size_t) noexcept override { std::free(ptr); }
-    void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void deallocate(void* ptr, size_t) noexcept override {
+        // Freed memory a recorded op may still use: the capture fails when its body returns.
+        if (capturing_)
+            freed_while_capturing_ = true;
+        std::free(ptr);
+    }
+    void upload(void* dst, const void* src, size_t bytes) override {
+        refuse_while_capturing("upload");
+        std::memcpy(dst, src, bytes);
+    }
     void read(void* dst, const void* src, size_t bytes) override {
+        refuse_while_capturing("read");
         ++reads_;
         std::memcpy(dst, src, bytes);
     }
-    void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-    void fill_zero(const View& x) override { std::memset(x.data, 0, x.bytes()); }
+    void copy(void* dst, const void* src, size_t bytes) override {
+        if (record([=] { copy(dst, src, bytes); }))
+            return;
+        std::memcpy(dst, src, bytes);
+    }
+    void fill_zero(const View& x) override {
+        if (record([=] { fill_zero(x); }))
+            return;
+        std::memset(x.data, 0, x.bytes());
+    }
     bool peek(void* dst, const void* src, size_t bytes) override {
+        refuse_while_capturing("peek");
         if (bytes > kPeekBytes)
             throw Error("peek: at most kPeekBytes per call");
         std::memcpy(dst, src, bytes);
         return true;
     }
-    void synchronize() override {}
+    void synchronize() override { refuse_while_capturing("synchronize"); }
     std::unique_ptr<StagingBuffer> make_staging_buffer(size_t bytes) override {
+        refuse_while_capturing("make_staging_buffer");
         return std::make_unique<CpuStagingBuffer>(bytes);
     }
 
     // ---- dense algebra --------------------------------------------------------------------
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
               const View& a, const View& b, float beta, const View& c) override {
+        if (record([=] { gemm(trans_a, trans_b, m, n, k, alpha, a, b, beta, c); }))
+            return;
         if (m == 0 || n == 0)
             return;
         FlushDenormals ftz;
@@ -411,6 +435,8 @@ class CpuBackend final : public Backend {
     // ---- element-wise and row-wise ops ------------------------------------------------------
     void bias_activation_forward(const View& z, const View& bias, const View& y, int64_t rows,
                                  int64_t cols, ActivationSpec act) override {
+        if (record([=] { bias_activation_forward(z, bias, y, rows, cols, act); }))
+            return;
         FlushDenormals ftz;
         dispatch(z, "bias_activation_forward", [&](auto t) {
             using T = decltype(t);
@@ -440,6 +466,8 @@ class CpuBackend final : public Backend {
 
     void activation_backward(const View& z, const View& y, const View& dy, const View& dz,
                              int64_t rows, int64_t cols, ActivationSpec act) override {
+        if (record([=] { activation_backward(z, y, dy, dz, rows, cols, act); }))
+            return;
         FlushDenormals ftz;
         dispatch(dy, "activation_backward", [&](auto t) {
             using T = decltype(t);
@@ -470,6 +498,8 @@ class CpuBackend final : public Backend {
     }
 
     void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) override {
+        if (record([=] { bias_grad(dz, db, rows, cols); }))
+            return;
         FlushDenormals ftz;
         dispatch(dz, "bias_grad", [&](auto t) {
             using T = decltype(t);
@@ -486,6 +516,8 @@ class CpuBackend final : public Backend {
 
     void loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
               int64_t rows, int64_t cols, int64_t grad_rows, const View& acc, int slot) override {
+        if (record([=] { loss(spec, pred, y_true, grad, rows, cols, grad_rows, acc, slot); }))
+            return;
         FlushDenormals ftz;
         dispatch(pred, "loss", [&](auto t) {
             using T = decltype(t);
@@ -511,6 +543,8 @@ class CpuBackend final : public Backend {
 
     void dropout_forward(const View& x, const View& y, const View& mask, int64_t n, float rate,
                          uint64_t seed, uint64_t counter) override {
+        if (record([=] { dropout_forward(x, y, mask, n, rate, seed, counter); }))
+            return;
         FlushDenormals ftz;
         dispatch(x, "dropout_forward", [&](auto t) {
             using T = decltype(t);
@@ -529,6 +563,8 @@ class CpuBackend final : public Backend {
     }
 
     void multiply(const View& a, const View& b, const View& out, int64_t n) override {
+        if (record([=] { multiply(a, b, out, n); }))
+            return;
         FlushDenormals ftz;
         dispatch(a, "multiply", [&](auto t) {
             using T = decltype(t);
@@ -545,6 +581,8 @@ class CpuBackend final : public Backend {
     // ---- optimizer ------------------------------------------------------------------------
     void optimizer_update(const OptimizerStep& step, const View& params, const View& grads,
                           const View& state, int64_t n) override {
+        if (record([=] { optimizer_update(step, params, grads, state, n); }))
+            return;
         FlushDenormals ftz;
         dispatch(params, "optimizer_update", [&](auto t) {
             using T = decltype(t);
@@ -554,6 +592,8 @@ class CpuBackend final : public Backend {
 
     // ---- data -----------------------------------------------------------------------------
     void permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream) override {
+        if (record([=] { permutation(perm, n, seed, stream); }))
+            return;
         if (perm.dtype != DType::kInt32)
             throw Error("permutation: perm must be int32");
         std::vector<std::pair<uint64_t, int32_t>> keyed(static_cast<size_t>(n));
@@ -568,6 +608,8 @@ class CpuBackend final : public Backend {
 
     void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
                      int64_t cols, const View& dst) override {
+        if (record([=] { gather_rows(src, index, offset, count, cols, dst); }))
+            return;
         const size_t row_bytes = static_cast<size_t>(cols) * dtype_size(src.dtype);
         const int32_t* idx = index.as<int32_t>() + offset;
         const char* s = static_cast<const char*>(src.data);
@@ -580,6 +622,8 @@ class CpuBackend final : public Backend {
     // ---- convolution, pooling, normalisation (cpu_conv.cpp) ------------------------------
     void conv2d_forward(const Conv2DGeometry& g, const View& x, const View& kernel,
                         const View& bias, ActivationSpec act, const View& y) override {
+        if (record([=] { conv2d_forward(g, x, kernel, bias, act, y); }))
+            return;
         FlushDenormals ftz;
         dispatch(y, "conv2d_forward", [&](auto t) {
             using T = decltype(t);
@@ -592,6 +636,8 @@ class CpuBackend final : public Backend {
     }
     void conv2d_backward_data(const Conv2DGeometry& g, const View& dy, const View& kernel,
                               const View& dx) override {
+        if (record([=] { conv2d_backward_data(g, dy, kernel, dx); }))
+            return;
         FlushDenormals ftz;
         dispatch(dx, "conv2d_backward_data", [&](auto t) {
             using T = decltype(t);
@@ -604,6 +650,8 @@ class CpuBackend final : public Backend {
     }
     void conv2d_backward_filter(const Conv2DGeometry& g, const View& x, const View& dy,
                                 const View& dkernel) override {
+        if (record([=] { conv2d_backward_filter(g, x, dy, dkernel); }))
+            return;
         FlushDenormals ftz;
         dispatch(dkernel, "conv2d_backward_filter", [&](auto t) {
             using T = decltype(t);
@@ -615,6 +663,8 @@ class CpuBackend final : public Backend {
         });
     }
     void pool2d_forward(const Pool2DGeometry& g, const View& x, const View& y) override {
+        if (record([=] { pool2d_forward(g, x, y); }))
+            return;
         FlushDenormals ftz;
         dispatch(y, "pool2d_forward", [&](auto t) {
             using T = decltype(t);
@@ -623,6 +673,8 @@ class CpuBackend final : public Backend {
     }
     void pool2d_backward(const Pool2DGeometry& g, const View& x, const View& y, const View& dy,
                          const View& dx) override {
+        if (record([=] { pool2d_backward(g, x, y, dy, dx); }))
+            return;
         (void)y;  // the CPU finds each window's largest cell in x again
         FlushDenormals ftz;
         dispatch(dx, "pool2d_backward", [&](auto t) {
@@ -634,6 +686,11 @@ class CpuBackend final : public Backend {
                                      const View& beta, const View& y, const View& moving_mean,
                                      const View& moving_variance, const View& saved_mean,
                                      const View& saved_inv_std) override {
+        if (record([=] {
+                batch_norm_forward_training(g, x, gamma, beta, y, moving_mean, moving_variance,
+                                            saved_mean, saved_inv_std);
+            }))
+            return;
         FlushDenormals ftz;
         dispatch(y, "batch_norm_forward_training", [&](auto t) {
             using T = decltype(t);
@@ -646,6 +703,10 @@ class CpuBackend final : public Backend {
     void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x, const View& gamma,
                                       const View& beta, const View& moving_mean,
                                       const View& moving_variance, const View& y) override {
+        if (record([=] {
+                batch_norm_forward_inference(g, x, gamma, beta, moving_mean, moving_variance, y);
+            }))
+            return;
         FlushDenormals ftz;
         dispatch(y, "batch_norm_forward_inference", [&](auto t) {
             using T = decltype(t);
@@ -657,6 +718,10 @@ class CpuBackend final : public Backend {
     void batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
                              const View& gamma, const View& saved_mean, const View& saved_inv_std,
                              const View& dx, const View& dgamma, const View& dbeta) override {
+        if (record([=] {
+                batch_norm_backward(g, x, dy, gamma, saved_mean, saved_inv_std, dx, dgamma, dbeta);
+            }))
+            return;
         FlushDenormals ftz;
         dispatch(dx, "batch_norm_backward", [&](auto t) {
             using T = decltype(t);
@@ -666,7 +731,88 @@ class CpuBackend final : public Backend {
         });
     }
 
+    // ---- step graphs ----------------------------------------------------------------------
+    std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override {
+        if (capturing_)
+            throw Error("cpu backend: capture: a capture is already recording");
+        std::vector<std::function<void()>> ops;
+        recording_ = &ops;
+        capturing_ = true;
+        freed_while_capturing_ = false;
+        const ScopeExit stop([this] {
+            recording_ = nullptr;
+            capturing_ = false;
+        });
+        body();
+        if (freed_while_capturing_) {
+            throw Error(
+                "cpu backend: capture: memory was freed while recording, and a recorded "
+                "op may use it");
+        }
+        return std::make_unique<CpuStepGraph>(std::move(ops));
+    }
+
+    void gather_batch(const View& src, const View& index, const View& scalars, int64_t batch_size,
+                      int64_t count, int64_t cols, const View& dst) override {
+        if (record([=] { gather_batch(src, index, scalars, batch_size, count, cols, dst); }))
+            return;
+        gather_rows(src, index, step_scalars(scalars).batch * batch_size, count, cols, dst);
+    }
+
+    void dropout_forward_step(const View& x, const View& y, const View& mask, int64_t n, float rate,
+                              uint64_t seed, const View& scalars) override {
+        if (record([=] { dropout_forward_step(x, y, mask, n, rate, seed, scalars); }))
+            return;
+        dropout_forward(x, y, mask, n, rate, seed, uint64_t(step_scalars(scalars).iteration));
+    }
+
+    void optimizer_update_step(const OptimizerStep& hyper, const View& scalars, const View& params,
+                               const View& grads, const View& state, int64_t n) override {
+        if (record([=] { optimizer_update_step(hyper, scalars, params, grads, state, n); }))
+            return;
+        optimizer_update(math::with_scalars(hyper, step_scalars(scalars)), params, grads, state, n);
+    }
+
+    void advance_step(const OptimizerStep& hyper, const View& scalars) override {
+        if (record([=] { advance_step(hyper, scalars); }))
+            return;
+        math::advance_step(hyper, &step_scalars(scalars));
+    }
+
   private:
+    // The recorded ops of a capture, run in order by replay.
+    class CpuStepGraph final : public StepGraph {
+      public:
+        explicit CpuStepGraph(std::vector<std::function<void()>> ops)
+            : StepGraph(static_cast<int64_t>(ops.size())), ops_(std::move(ops)) {}
+
+      private:
+        void launch() override {
+            for (const auto& op : ops_)
+                op();
+        }
+        std::vector<std::function<void()>> ops_;
+    };
+
+    // While a capture records, keeps `op` (a closure over the call's arguments, copied) and
+    // returns true; the op returns at once and runs when the graph is replayed.
+    template <typename Op>
+    bool record(Op&& op) {
+        if (recording_ == nullptr)
+            return false;
+        recording_->emplace_back(std::forward<Op>(op));
+        return true;
+    }
+
+    static StepScalars& step_scalars(const View& scalars) {
+        if (scalars.data == nullptr || scalars.bytes() < sizeof(StepScalars))
+            throw Error("cpu backend: step op: scalars must hold one StepScalars");
+        return *static_cast<StepScalars*>(scalars.data);
+    }
+
+    std::vector<std::function<void()>>* recording_ = nullptr;
+    bool freed_while_capturing_ = false;
+
     // A GEMM operand of n elements as the precision wants it: x itself for kFp32, otherwise a
     // copy in `scratch` rounded to the format (math::round_to_precision, element by element, so
     // the result does not depend on the threads). One vectorised pass per operand and call:

@@ -11,10 +11,15 @@
 //   cublasGemmEx with float32 storage and the compute type CUBLAS_COMPUTE_32F_FAST_TF32 or
 //   CUBLAS_COMPUTE_32F_FAST_16BF (tensor cores, float32 accumulation); cuBLAS may run a
 //   _FAST_16BF GEMM in TF32 instead, which is only more accurate.
+// - The Dense layer's GEMMs go through cuBLASLt with epilogues (dense_forward: the bias added in
+//   the GEMM; dense_backward_weights: the bias gradient reduced in the GEMM), with the same
+//   compute types and the same workspace; a shape cuBLASLt has no algorithm for falls back to
+//   the cuBLAS GEMM and kiln's kernels, and fused_gemms()/unfused_gemms() count which ran.
 // - `upload` stages through pinned buffers, so the caller may reuse its host buffer at once while
 //   the copy to the device is still in flight. `read` is the only call that waits for the device
 //   on the caller's behalf, and it is counted. `peek` never waits.
 // - Only float32 is supported; an op given another dtype throws kiln::Error naming the op.
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -23,11 +28,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <memory>
 #include <new>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "cuda/cuda_check.h"
 #include "cuda/cudnn_ops.h"
@@ -67,6 +76,15 @@ struct DeviceMemoryDeleter {
 struct PinnedMemoryDeleter {
     void operator()(void* p) const noexcept { KILN_CUDA_WARN(cudaFreeHost(p)); }
 };
+struct CublasLtDeleter {
+    void operator()(cublasLtHandle_t h) const noexcept {
+        const cublasStatus_t status = cublasLtDestroy(h);
+        if (status != CUBLAS_STATUS_SUCCESS) {
+            std::fprintf(stderr, "kiln: warning: cublasLtDestroy failed: %s\n",
+                         cuda_detail::describe(status).c_str());
+        }
+    }
+};
 struct CublasDeleter {
     void operator()(cublasHandle_t h) const noexcept {
         const cublasStatus_t status = cublasDestroy(h);
@@ -83,6 +101,91 @@ using PoolPtr = std::unique_ptr<std::remove_pointer_t<cudaMemPool_t>, PoolDelete
 using DeviceMemoryPtr = std::unique_ptr<void, DeviceMemoryDeleter>;
 using PinnedMemoryPtr = std::unique_ptr<void, PinnedMemoryDeleter>;
 using CublasPtr = std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, CublasDeleter>;
+using CublasLtPtr = std::unique_ptr<std::remove_pointer_t<cublasLtHandle_t>, CublasLtDeleter>;
+
+// ---- cuBLASLt matmuls with epilogues ----------------------------------------------------------
+
+// One column-major matmul D(m×n) = op(A)·op(B) with an epilogue, as cuBLASLt describes it: made
+// once per shape (descriptors, layouts and the heuristic's algorithm), then run with new
+// pointers. `usable` is false when cuBLASLt offers no algorithm for it.
+class LtMatmul {
+  public:
+    LtMatmul(cublasLtHandle_t lt, cublasComputeType_t compute, cublasOperation_t op_a,
+             cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+             int64_t ldd, cublasLtEpilogue_t epilogue, size_t workspace_bytes) {
+        KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, compute, CUDA_R_32F));
+        set(CUBLASLT_MATMUL_DESC_TRANSA, op_a);
+        set(CUBLASLT_MATMUL_DESC_TRANSB, op_b);
+        set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
+        const cudaDataType_t bias_type = CUDA_R_32F;
+        set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bias_type);
+        // Layouts of the matrices as stored (before op): A is m×k (k×m transposed), B k×n.
+        const bool ta = op_a == CUBLAS_OP_T, tb = op_b == CUBLAS_OP_T;
+        KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, CUDA_R_32F, uint64_t(ta ? k : m),
+                                                     uint64_t(ta ? m : k), lda));
+        KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_, CUDA_R_32F, uint64_t(tb ? n : k),
+                                                     uint64_t(tb ? k : n), ldb));
+        KILN_CUBLAS_CHECK(
+            cublasLtMatrixLayoutCreate(&d_, CUDA_R_32F, uint64_t(m), uint64_t(n), ldd));
+        cublasLtMatmulPreference_t preference = nullptr;
+        KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+        uint64_t max_workspace = workspace_bytes;
+        cublasStatus_t status = cublasLtMatmulPreferenceSetAttribute(
+            preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_workspace,
+            sizeof(max_workspace));
+        int found = 0;
+        cublasLtMatmulHeuristicResult_t result;
+        std::memset(&result, 0, sizeof(result));
+        if (status == CUBLAS_STATUS_SUCCESS) {
+            status = cublasLtMatmulAlgoGetHeuristic(lt, desc_, a_, b_, d_, d_, preference, 1,
+                                                    &result, &found);
+        }
+        cublasLtMatmulPreferenceDestroy(preference);
+        // No algorithm (or an epilogue this compute type does not take) is an answer: the
+        // caller falls back to separate ops.
+        usable_ = status == CUBLAS_STATUS_SUCCESS && found > 0;
+        if (usable_)
+            algo_ = result.algo;
+    }
+    ~LtMatmul() {
+        if (d_)
+            cublasLtMatrixLayoutDestroy(d_);
+        if (b_)
+            cublasLtMatrixLayoutDestroy(b_);
+        if (a_)
+            cublasLtMatrixLayoutDestroy(a_);
+        if (desc_)
+            cublasLtMatmulDescDestroy(desc_);
+    }
+    LtMatmul(const LtMatmul&) = delete;
+    LtMatmul& operator=(const LtMatmul&) = delete;
+
+    bool usable() const { return usable_; }
+
+    // D = op(A)·op(B), the epilogue's vector at `bias` (added, or the bias gradient written).
+    // A host-side descriptor update and one launch: capturable.
+    void run(cublasLtHandle_t lt, const float* a, const float* b, float* d, const void* bias,
+             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+        set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+        const float one = 1.0f, zero = 0.0f;
+        KILN_CUBLAS_CHECK(cublasLtMatmul(lt, desc_, &one, a, a_, b, b_, &zero, d, d_, d, d_, &algo_,
+                                         workspace, workspace_bytes, stream));
+    }
+
+  private:
+    template <typename T>
+    void set(cublasLtMatmulDescAttributes_t attribute, const T& value) {
+        KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, attribute, &value, sizeof(value)));
+    }
+
+    cublasLtMatmulDesc_t desc_ = nullptr;
+    cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, d_ = nullptr;
+    cublasLtMatmulAlgo_t algo_;
+    bool usable_ = false;
+};
+
+// What tells one LtMatmul from another: the shape, the epilogue and the compute type.
+using LtKey = std::tuple<int64_t, int64_t, int64_t, int, int>;  // m, n, k, epilogue, compute
 
 EventPtr make_event() {
     cudaEvent_t event = nullptr;
@@ -164,6 +267,10 @@ class CudaBackend final : public Backend {
     void activation_backward(const View& z, const View& y, const View& dy, const View& dz,
                              int64_t rows, int64_t cols, ActivationSpec act) override;
     void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) override;
+    void dense_forward(const View& x, const View& w, const View& bias, const View& y, int64_t rows,
+                       int64_t k, int64_t cols, ActivationSpec act) override;
+    void dense_backward_weights(const View& x, const View& dz, const View& dw, const View& db,
+                                int64_t rows, int64_t k, int64_t cols) override;
     void loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
               int64_t rows, int64_t cols, int64_t grad_rows, const View& acc, int slot) override;
     void dropout_forward(const View& x, const View& y, const View& mask, int64_t n, float rate,
@@ -199,11 +306,24 @@ class CudaBackend final : public Backend {
                              const View& gamma, const View& saved_mean, const View& saved_inv_std,
                              const View& dx, const View& dgamma, const View& dbeta) override;
 
+    std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
+    void gather_batch(const View& src, const View& index, const View& scalars, int64_t batch_size,
+                      int64_t count, int64_t cols, const View& dst) override;
+    void dropout_forward_step(const View& x, const View& y, const View& mask, int64_t n, float rate,
+                              uint64_t seed, const View& scalars) override;
+    void optimizer_update_step(const OptimizerStep& hyper, const View& scalars, const View& params,
+                               const View& grads, const View& state, int64_t n) override;
+    void advance_step(const OptimizerStep& hyper, const View& scalars) override;
+
   private:
     // cuDNN's handle, plans and scratch, made at the first image op.
     cuda::CudnnOps& cudnn();
     // The handle's math mode, set only when it changes (a host-side setting, safe in a capture).
     void set_cublas_math(cublasMath_t mode);
+    // The cuBLASLt matmul for a shape and epilogue in the current precision, made at its first
+    // use (an eager step, before any capture); null when cuBLASLt has no algorithm for it.
+    LtMatmul* lt_matmul(cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, int64_t lda,
+                        int64_t ldb, int64_t ldd, cublasLtEpilogue_t epilogue);
 
     // A block of backend-owned scratch from the pool, grown on demand.
     struct Scratch {
@@ -234,6 +354,8 @@ class CudaBackend final : public Backend {
     DeviceMemoryPtr cublas_workspace_;
     CublasPtr cublas_;
     cublasMath_t cublas_math_ = CUBLAS_PEDANTIC_MATH;  // as set in the constructor
+    CublasLtPtr lt_;                                   // made at the first dense_* call
+    std::map<LtKey, std::unique_ptr<LtMatmul>> lt_matmuls_;
 
     PinnedMemoryPtr upload_staging_;  // kUploadSlots × kUploadChunkBytes, allocated on first use
     EventPtr upload_done_[kUploadSlots];
@@ -248,6 +370,7 @@ class CudaBackend final : public Backend {
     std::unique_ptr<cuda::CudnnOps> cudnn_;  // freed in the destructor, before the pool
     int64_t permutation_n_ = -1;             // the n permutation_scratch_ was sized for
     size_t permutation_bytes_ = 0;
+    std::vector<void*> freed_while_capturing_;  // deallocated during a capture, freed after it
 };
 
 CudaBackend::CudaBackend(int device, const cudaDeviceProp& prop, int driver_version,
@@ -334,6 +457,7 @@ void CudaBackend::release(Scratch* scratch) noexcept {
 // ---- memory ------------------------------------------------------------------------------------
 
 void* CudaBackend::allocate(size_t bytes) {
+    refuse_while_capturing("allocate");
     if (bytes == 0)
         return nullptr;
     void* ptr = nullptr;
@@ -352,6 +476,12 @@ void* CudaBackend::allocate(size_t bytes) {
 }
 
 void CudaBackend::deallocate(void* ptr, size_t) noexcept {
+    // A free inside a capture would become part of the graph: it waits for the capture's end,
+    // which then fails (a recorded op may use the memory).
+    if (capturing_ && ptr != nullptr) {
+        freed_while_capturing_.push_back(ptr);
+        return;
+    }
     if (ptr != nullptr)
         KILN_CUDA_WARN(cudaFreeAsync(ptr, stream()));
 }
@@ -361,6 +491,7 @@ void CudaBackend::deallocate(void* ptr, size_t) noexcept {
 // one chunk, or uploads issued back to back, ever meet it. The last chunks are still in flight
 // when this returns, but they read from our staging, not from `src`.
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
+    refuse_while_capturing("upload");
     if (bytes == 0)
         return;
     if (!upload_staging_)
@@ -382,6 +513,7 @@ void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
 }
 
 void CudaBackend::read(void* dst, const void* src, size_t bytes) {
+    refuse_while_capturing("read");
     ++reads_;
     if (bytes == 0)
         return;
@@ -407,6 +539,7 @@ void CudaBackend::fill_zero(const View& x) {
 // newest completed copy of the same (src, bytes). With every slot still in flight it starts
 // nothing and returns the newest one it has, if any.
 bool CudaBackend::peek(void* dst, const void* src, size_t bytes) {
+    refuse_while_capturing("peek");
     if (bytes > kPeekBytes) {
         throw Error("cuda backend: peek of " + std::to_string(bytes) +
                     " bytes; at most kPeekBytes (" + std::to_string(kPeekBytes) + ") per call");
@@ -462,6 +595,7 @@ bool CudaBackend::peek(void* dst, const void* src, size_t bytes) {
 }
 
 void CudaBackend::synchronize() {
+    refuse_while_capturing("synchronize");
     KILN_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 
@@ -564,6 +698,7 @@ class CudaStagingBuffer final : public StagingBuffer {
 };
 
 std::unique_ptr<StagingBuffer> CudaBackend::make_staging_buffer(size_t bytes) {
+    refuse_while_capturing("make_staging_buffer");
     return std::make_unique<CudaStagingBuffer>(*this, bytes);
 }
 
@@ -605,6 +740,93 @@ void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
                                       b.as<const float>(), CUDA_R_32F, ldb, a.as<const float>(),
                                       CUDA_R_32F, lda, &beta, c.as<float>(), CUDA_R_32F, ldc,
                                       compute, CUBLAS_GEMM_DEFAULT));
+}
+
+// ---- the Dense GEMMs through cuBLASLt ----------------------------------------------------------
+//
+// Row-major to column-major as in gemm: y(rows×cols) = x·w is, column-major, Y(cols×rows) =
+// W(cols×k)·X(k×rows), so A = w (lda = cols), B = x (ldb = k), m = cols, n = rows: the bias runs
+// along m, the output's columns, as CUBLASLT_EPILOGUE_BIAS wants. dw(k×cols) = xᵀ·dz is DW(cols×k)
+// = DZ(cols×rows)·Xᵀ: A = dz untransposed (BGRADA reduces A over k, here the rows, and takes only
+// an untransposed A), B = x transposed, m = cols, n = k, k = rows.
+//
+// The forward epilogue adds the bias only. cuBLASLt also offers RELU_BIAS, but its ReLU is
+// max(x, 0), which maps NaN to 0 on the GPU, and kiln's ReLU passes NaN on so that a broken
+// weight shows in the loss (TerminateOnNaN; the reliability suite's NaN test); the activation
+// stays kiln's kernel, run in place after the GEMM, and a linear layer (the output layer whose
+// softmax the loss takes) is the GEMM alone. GELU's epilogue is the tanh approximation, not
+// Keras's exact GELU, so GELU keeps its own path too.
+
+LtMatmul* CudaBackend::lt_matmul(cublasOperation_t op_b, int64_t m, int64_t n, int64_t k,
+                                 int64_t lda, int64_t ldb, int64_t ldd,
+                                 cublasLtEpilogue_t epilogue) {
+    const cublasComputeType_t compute =
+        precision_ == Precision::kTf32   ? CUBLAS_COMPUTE_32F_FAST_TF32
+        : precision_ == Precision::kBf16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                         : CUBLAS_COMPUTE_32F_PEDANTIC;
+    const LtKey key{m, n, k * (op_b == CUBLAS_OP_T ? -1 : 1), int(epilogue), int(compute)};
+    auto found = lt_matmuls_.find(key);
+    if (found == lt_matmuls_.end()) {
+        refuse_while_capturing("a first cuBLASLt matmul of a shape");
+        if (!lt_) {
+            cublasLtHandle_t handle = nullptr;
+            KILN_CUBLAS_CHECK(cublasLtCreate(&handle));
+            lt_.reset(handle);
+        }
+        found = lt_matmuls_
+                    .emplace(key, std::make_unique<LtMatmul>(lt_.get(), compute, CUBLAS_OP_N, op_b,
+                                                             m, n, k, lda, ldb, ldd, epilogue,
+                                                             kCublasWorkspaceBytes))
+                    .first;
+    }
+    return found->second->usable() ? found->second.get() : nullptr;
+}
+
+void CudaBackend::dense_forward(const View& x, const View& w, const View& bias, const View& y,
+                                int64_t rows, int64_t k, int64_t cols, ActivationSpec act) {
+    require_f32("dense_forward", "x", x);
+    require_f32("dense_forward", "w", w);
+    require_f32_or_null("dense_forward", "bias", bias);
+    require_f32("dense_forward", "y", y);
+    if (rows <= 0 || cols <= 0 || k <= 0 || act.kind == Activation::kSoftmax) {
+        Backend::dense_forward(x, w, bias, y, rows, k, cols, act);
+        return;
+    }
+    const cublasLtEpilogue_t epilogue =
+        bias.data != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    LtMatmul* mm = lt_matmul(CUBLAS_OP_N, cols, rows, k, cols, k, cols, epilogue);
+    if (mm == nullptr) {
+        Backend::dense_forward(x, w, bias, y, rows, k, cols, act);
+        return;
+    }
+    mm->run(lt_.get(), w.as<const float>(), x.as<const float>(), y.as<float>(), bias.data,
+            cublas_workspace_.get(), kCublasWorkspaceBytes, stream());
+    if (act.kind != Activation::kLinear) {
+        kernels::bias_activation_forward(stream(), y.as<float>(), nullptr, y.as<float>(), rows,
+                                         cols, act);
+    }
+    ++fused_gemms_;
+}
+
+void CudaBackend::dense_backward_weights(const View& x, const View& dz, const View& dw,
+                                         const View& db, int64_t rows, int64_t k, int64_t cols) {
+    require_f32("dense_backward_weights", "x", x);
+    require_f32("dense_backward_weights", "dz", dz);
+    require_f32("dense_backward_weights", "dw", dw);
+    require_f32_or_null("dense_backward_weights", "db", db);
+    LtMatmul* mm = nullptr;
+    if (rows > 0 && cols > 0 && k > 0) {
+        const cublasLtEpilogue_t epilogue =
+            db.data != nullptr ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_DEFAULT;
+        mm = lt_matmul(CUBLAS_OP_T, cols, k, rows, cols, k, cols, epilogue);
+    }
+    if (mm == nullptr) {
+        Backend::dense_backward_weights(x, dz, dw, db, rows, k, cols);
+        return;
+    }
+    mm->run(lt_.get(), dz.as<const float>(), x.as<const float>(), dw.as<float>(), db.data,
+            cublas_workspace_.get(), kCublasWorkspaceBytes, stream());
+    ++fused_gemms_;
 }
 
 void CudaBackend::set_cublas_math(cublasMath_t mode) {
@@ -713,6 +935,129 @@ void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset
     const int64_t src_rows = (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
     kernels::gather_rows(stream(), src.data, src_rows, index.as<const int32_t>(), offset, count,
                          cols, dtype_size(src.dtype), dst.data);
+}
+
+// ---- step graphs -------------------------------------------------------------------------------
+
+namespace {
+
+struct GraphDeleter {
+    void operator()(cudaGraph_t g) const noexcept { KILN_CUDA_WARN(cudaGraphDestroy(g)); }
+};
+struct GraphExecDeleter {
+    void operator()(cudaGraphExec_t g) const noexcept { KILN_CUDA_WARN(cudaGraphExecDestroy(g)); }
+};
+using GraphPtr = std::unique_ptr<std::remove_pointer_t<cudaGraph_t>, GraphDeleter>;
+using GraphExecPtr = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecDeleter>;
+
+// An instantiated CUDA graph, launched on the backend's stream.
+class CudaStepGraph final : public StepGraph {
+  public:
+    CudaStepGraph(GraphExecPtr exec, cudaStream_t stream, int64_t nodes)
+        : StepGraph(nodes), exec_(std::move(exec)), stream_(stream) {}
+    // Launches still in flight finish before the executable graph goes.
+    ~CudaStepGraph() override { KILN_CUDA_WARN(cudaStreamSynchronize(stream_)); }
+
+  private:
+    void launch() override { KILN_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream_)); }
+
+    GraphExecPtr exec_;
+    cudaStream_t stream_;
+};
+
+StepScalars* device_scalars(const char* op, const View& scalars) {
+    if (scalars.data == nullptr || scalars.bytes() < sizeof(StepScalars)) {
+        throw Error(std::string("cuda backend: ") + op +
+                    ": scalars must hold one StepScalars in device memory");
+    }
+    return static_cast<StepScalars*>(scalars.data);
+}
+
+}  // namespace
+
+// A stream capture in thread-local mode: only this thread's calls are checked against the
+// capture, so the checkpoint writer's thread may wait on its own events meanwhile. Every op
+// queued by `body` goes to stream(), and the kernels, cuBLAS calls (with the workspace set in
+// the constructor) and cuDNN calls (plans and workspace made by an eager step of the same
+// shapes first) are all capturable; what is not refuses (refuse_while_capturing) before it
+// reaches the driver.
+std::unique_ptr<StepGraph> CudaBackend::capture(const std::function<void()>& body) {
+    if (capturing_)
+        throw Error("cuda backend: capture: a capture is already recording");
+    KILN_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+    auto end_capture = [this]() -> GraphPtr {
+        capturing_ = false;
+        cudaGraph_t graph = nullptr;
+        const cudaError_t status = cudaStreamEndCapture(stream(), &graph);
+        GraphPtr owned(graph);
+        for (void* ptr : freed_while_capturing_)
+            deallocate(ptr, 0);
+        const bool freed = !freed_while_capturing_.empty();
+        freed_while_capturing_.clear();
+        KILN_CUDA_CHECK(status);
+        if (freed) {
+            throw Error(
+                "cuda backend: capture: memory was freed while recording, and a recorded "
+                "op may use it");
+        }
+        return owned;
+    };
+    try {
+        body();
+    } catch (...) {
+        try {
+            end_capture();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "kiln: warning: ending an abandoned capture: %s\n", e.what());
+        }
+        cudaGetLastError();  // an invalidated capture leaves its error behind; it is reported
+        throw;
+    }
+    GraphPtr graph = end_capture();
+    size_t nodes = 0;
+    KILN_CUDA_CHECK(cudaGraphGetNodes(graph.get(), nullptr, &nodes));
+    cudaGraphExec_t exec = nullptr;
+    KILN_CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, graph.get(), 0));
+    return std::make_unique<CudaStepGraph>(GraphExecPtr(exec), stream(),
+                                           static_cast<int64_t>(nodes));
+}
+
+void CudaBackend::gather_batch(const View& src, const View& index, const View& scalars,
+                               int64_t batch_size, int64_t count, int64_t cols, const View& dst) {
+    require_dtype("gather_batch", "index", index, DType::kInt32);
+    if (dst.dtype != src.dtype) {
+        throw Error(std::string("cuda backend: gather_batch: src has dtype ") +
+                    dtype_name(src.dtype) + " but dst has " + dtype_name(dst.dtype));
+    }
+    const int64_t src_rows = (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
+    kernels::gather_rows(stream(), src.data, src_rows, index.as<const int32_t>(), 0, count, cols,
+                         dtype_size(src.dtype), dst.data, device_scalars("gather_batch", scalars),
+                         batch_size);
+}
+
+void CudaBackend::dropout_forward_step(const View& x, const View& y, const View& mask, int64_t n,
+                                       float rate, uint64_t seed, const View& scalars) {
+    require_f32("dropout_forward_step", "x", x);
+    require_f32("dropout_forward_step", "y", y);
+    require_f32_or_null("dropout_forward_step", "mask", mask);
+    kernels::dropout_forward(stream(), x.as<const float>(), y.as<float>(), mask.as<float>(), n,
+                             rate, seed, 0, device_scalars("dropout_forward_step", scalars));
+}
+
+void CudaBackend::optimizer_update_step(const OptimizerStep& hyper, const View& scalars,
+                                        const View& params, const View& grads, const View& state,
+                                        int64_t n) {
+    require_f32("optimizer_update_step", "params", params);
+    require_f32("optimizer_update_step", "grads", grads);
+    require_f32_or_null("optimizer_update_step", "state", state);
+    kernels::optimizer_update(stream(), hyper, params.as<float>(), grads.as<const float>(),
+                              state.as<float>(), n,
+                              device_scalars("optimizer_update_step", scalars));
+}
+
+void CudaBackend::advance_step(const OptimizerStep& hyper, const View& scalars) {
+    kernels::advance_step(stream(), hyper, device_scalars("advance_step", scalars));
 }
 
 // ---- convolution, pooling, normalisation -------------------------------------------------------

@@ -168,6 +168,16 @@ Peak measure_peak(Backend& backend, int64_t gemm_n, size_t copy_bytes, int repet
         });
         peak.gemm_flops_per_s =
             2.0 * double(n) * double(n) * double(n) / fastest(peak.gemm_seconds);
+        if (backend.kind() == DeviceKind::kCuda) {
+            const Precision before = backend.precision();
+            backend.set_precision(Precision::kBf16);
+            peak.bf16_gemm_seconds = time_calls(backend, repetitions, 0.0, [&] {
+                backend.gemm(false, false, n, n, n, 1.0f, a.view(), b.view(), 0.0f, c.view());
+            });
+            backend.set_precision(before);
+            peak.bf16_gemm_flops_per_s =
+                2.0 * double(n) * double(n) * double(n) / fastest(peak.bf16_gemm_seconds);
+        }
     }
 
     // Copies: read `copy_bytes`, write as many.

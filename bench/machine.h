@@ -44,6 +44,11 @@ struct Peak {
     // The CPU only: the same copy split over every thread of kiln's pool, as the backend's
     // element-wise ops and its optimizer step are; 0 elsewhere.
     double pool_copy_bytes_per_s = 0;
+    // A GPU only: the same GEMM with the backend in bf16 precision (float32 storage, bfloat16
+    // operands, float32 sums: CUBLAS_COMPUTE_32F_FAST_16BF), the ceiling of the bf16 case M3;
+    // 0 elsewhere.
+    std::vector<double> bf16_gemm_seconds;
+    double bf16_gemm_flops_per_s = 0;
 
     double bandwidth() const {
         return copy_bytes_per_s > pool_copy_bytes_per_s ? copy_bytes_per_s : pool_copy_bytes_per_s;

@@ -149,8 +149,10 @@ def fit_peer(args, row, mode, tmp):
     if args.data:
         cmd += ["--data", os.path.abspath(args.data)]
     if row["id"] == "M3":
-        dtype = row.get("details", {}).get("dtype", "float32")
-        cmd += ["--hidden", "2048,2048,2048", "--dtype", "bf16" if dtype == "bfloat16" else "fp32"]
+        # kiln's M3 runs its GEMMs in bf16 (details.precision); the peer then trains in bf16
+        details = row.get("details", {})
+        bf16 = details.get("precision") == "bf16" or details.get("dtype") == "bfloat16"
+        cmd += ["--hidden", "2048,2048,2048", "--dtype", "bf16" if bf16 else "fp32"]
     if row["id"] == "K1":
         cmd += ["--checkpoint", os.path.join(tmp, "k1.pt")]
     if row["case"] == "V1" and args.device == "cuda":

@@ -133,13 +133,16 @@ static int opened(const char* path, int flags, int fd) {
     return fd;
 }
 
-static int open_common(const char* name, open_fn real, const char* path, int flags, mode_t m) {
-    if (wants(path, flags)) {
-        const int e = step(name);
-        if (e) {
-            errno = e;
-            return -1;
-        }
+/* The fault check of every open: the errno to fail this call with, 0 to let it run. */
+static int open_fault(const char* path, int flags) {
+    return wants(path, flags) ? step("open") : 0;
+}
+
+static int open_common(open_fn real, const char* path, int flags, mode_t m) {
+    const int e = open_fault(path, flags);
+    if (e) {
+        errno = e;
+        return -1;
     }
     return opened(path, flags, real(path, flags, m));
 }
@@ -147,24 +150,22 @@ static int open_common(const char* name, open_fn real, const char* path, int fla
 int open(const char* path, int flags, ...) {
     REAL(open, open_fn);
     OPEN_MODE(m, flags);
-    return open_common("open", real_open, path, flags, m);
+    return open_common(real_open, path, flags, m);
 }
 
 int open64(const char* path, int flags, ...) {
     REAL(open64, open_fn);
     OPEN_MODE(m, flags);
-    return open_common("open", real_open64, path, flags, m);
+    return open_common(real_open64, path, flags, m);
 }
 
 int openat(int dir, const char* path, int flags, ...) {
     REAL(openat, openat_fn);
     OPEN_MODE(m, flags);
-    if (wants(path, flags)) {
-        const int e = step("open");
-        if (e) {
-            errno = e;
-            return -1;
-        }
+    const int e = open_fault(path, flags);
+    if (e) {
+        errno = e;
+        return -1;
     }
     return opened(path, flags, real_openat(dir, path, flags, m));
 }

@@ -113,6 +113,39 @@ class LtMatmul {
     LtMatmul(cublasLtHandle_t lt, cublasComputeType_t compute, cublasOperation_t op_a,
              cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
              int64_t ldd, cublasLtEpilogue_t epilogue, size_t workspace_bytes) {
+        try {
+            make(lt, compute, op_a, op_b, m, n, k, lda, ldb, ldd, epilogue, workspace_bytes);
+        } catch (...) {
+            release();
+            throw;
+        }
+    }
+    ~LtMatmul() { release(); }
+    LtMatmul(const LtMatmul&) = delete;
+    LtMatmul& operator=(const LtMatmul&) = delete;
+
+    // The alignment, in bytes, the chosen algorithm may assume of every pointer.
+    static constexpr uintptr_t kMinAlignment = 16;
+
+    bool usable() const { return usable_; }
+    static bool aligned(const void* p) {
+        return reinterpret_cast<uintptr_t>(p) % kMinAlignment == 0;
+    }
+
+    // D = op(A)·op(B), the epilogue's vector at `bias` (added, or the bias gradient written).
+    // A host-side descriptor update and one launch: capturable.
+    void run(cublasLtHandle_t lt, const float* a, const float* b, float* d, const void* bias,
+             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+        set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+        const float one = 1.0f, zero = 0.0f;
+        KILN_CUBLAS_CHECK(cublasLtMatmul(lt, desc_, &one, a, a_, b, b_, &zero, d, d_, d, d_, &algo_,
+                                         workspace, workspace_bytes, stream));
+    }
+
+  private:
+    void make(cublasLtHandle_t lt, cublasComputeType_t compute, cublasOperation_t op_a,
+              cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+              int64_t ldd, cublasLtEpilogue_t epilogue, size_t workspace_bytes) {
         KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, compute, CUDA_R_32F));
         set(CUBLASLT_MATMUL_DESC_TRANSA, op_a);
         set(CUBLASLT_MATMUL_DESC_TRANSB, op_b);
@@ -133,6 +166,19 @@ class LtMatmul {
         cublasStatus_t status = cublasLtMatmulPreferenceSetAttribute(
             preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_workspace,
             sizeof(max_workspace));
+        // The heuristic assumes 256-byte aligned matrices unless told otherwise; kiln's views
+        // (a batch's rows, a layer's weights in the flat buffer) are only kMinAlignment-aligned,
+        // which run() checks.
+        const uint32_t alignment = kMinAlignment;
+        for (const auto attribute : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+            if (status == CUBLAS_STATUS_SUCCESS) {
+                status = cublasLtMatmulPreferenceSetAttribute(preference, attribute, &alignment,
+                                                              sizeof(alignment));
+            }
+        }
         int found = 0;
         cublasLtMatmulHeuristicResult_t result;
         std::memset(&result, 0, sizeof(result));
@@ -147,7 +193,8 @@ class LtMatmul {
         if (usable_)
             algo_ = result.algo;
     }
-    ~LtMatmul() {
+
+    void release() noexcept {
         if (d_)
             cublasLtMatrixLayoutDestroy(d_);
         if (b_)
@@ -156,23 +203,10 @@ class LtMatmul {
             cublasLtMatrixLayoutDestroy(a_);
         if (desc_)
             cublasLtMatmulDescDestroy(desc_);
-    }
-    LtMatmul(const LtMatmul&) = delete;
-    LtMatmul& operator=(const LtMatmul&) = delete;
-
-    bool usable() const { return usable_; }
-
-    // D = op(A)·op(B), the epilogue's vector at `bias` (added, or the bias gradient written).
-    // A host-side descriptor update and one launch: capturable.
-    void run(cublasLtHandle_t lt, const float* a, const float* b, float* d, const void* bias,
-             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-        set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
-        const float one = 1.0f, zero = 0.0f;
-        KILN_CUBLAS_CHECK(cublasLtMatmul(lt, desc_, &one, a, a_, b, b_, &zero, d, d_, d, d_, &algo_,
-                                         workspace, workspace_bytes, stream));
+        d_ = b_ = a_ = nullptr;
+        desc_ = nullptr;
     }
 
-  private:
     template <typename T>
     void set(cublasLtMatmulDescAttributes_t attribute, const T& value) {
         KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, attribute, &value, sizeof(value)));
@@ -795,7 +829,8 @@ void CudaBackend::dense_forward(const View& x, const View& w, const View& bias, 
     const cublasLtEpilogue_t epilogue =
         bias.data != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     LtMatmul* mm = lt_matmul(CUBLAS_OP_N, cols, rows, k, cols, k, cols, epilogue);
-    if (mm == nullptr) {
+    if (mm == nullptr || !LtMatmul::aligned(x.data) || !LtMatmul::aligned(w.data) ||
+        !LtMatmul::aligned(y.data) || !LtMatmul::aligned(bias.data)) {
         Backend::dense_forward(x, w, bias, y, rows, k, cols, act);
         return;
     }
@@ -820,7 +855,8 @@ void CudaBackend::dense_backward_weights(const View& x, const View& dz, const Vi
             db.data != nullptr ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_DEFAULT;
         mm = lt_matmul(CUBLAS_OP_T, cols, k, rows, cols, k, cols, epilogue);
     }
-    if (mm == nullptr) {
+    if (mm == nullptr || !LtMatmul::aligned(x.data) || !LtMatmul::aligned(dz.data) ||
+        !LtMatmul::aligned(dw.data) || !LtMatmul::aligned(db.data)) {
         Backend::dense_backward_weights(x, dz, dw, db, rows, k, cols);
         return;
     }

@@ -862,6 +862,34 @@ TEST_F(CudaVsCpuTest, GatherRowsIsBitIdenticalForEveryElementSize) {
 
 // ---- a whole epoch -----------------------------------------------------------------------------
 
+// A model compiled as the tests train it: Adam, sparse categorical cross-entropy, accuracy.
+std::unique_ptr<Sequential> compiled(std::vector<LayerPtr> layers, Shape input, DeviceChoice device,
+                                     uint64_t seed = 1, StepGraphs graphs = StepGraphs::kAuto) {
+    auto model = std::make_unique<Sequential>(std::move(layers), layers::Input(std::move(input)));
+    CompileOptions options;
+    options.device = device;
+    options.seed = seed;
+    options.log = nullptr;
+    options.step_graphs = graphs;
+    model->compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
+                   options);
+    return model;
+}
+
+// Every weight of b within atol + rtol·|a| of a's, layer by layer.
+void expect_weights_match(const Sequential& a, const Sequential& b, double atol, double rtol) {
+    const std::vector<LayerWeights> wa = a.get_weights();
+    const std::vector<LayerWeights> wb = b.get_weights();
+    ASSERT_EQ(wa.size(), wb.size());
+    for (size_t l = 0; l < wa.size(); ++l) {
+        ASSERT_EQ(wa[l].weights.size(), wb[l].weights.size());
+        for (size_t w = 0; w < wa[l].weights.size(); ++w) {
+            SCOPED_TRACE(wa[l].layer_name + "/" + wa[l].weights[w].name);
+            EXPECT_TRUE(matches_cpu(wa[l].weights[w].values, wb[l].weights[w].values, atol, rtol));
+        }
+    }
+}
+
 // One epoch of fit from the same seed on each backend: the same initial weights, the same
 // shuffle and dropout masks (counter-based RNG), so the histories and the trained weights agree
 // within float32 rounding, and the CUDA epoch costs exactly one blocking read.
@@ -872,17 +900,9 @@ TEST_F(CudaVsCpuTest, FitOneEpochMatchesTheCpu) {
     const data::Array y = testing::random_labels(rows, classes, 101);
 
     auto build = [&](DeviceChoice device) {
-        auto model = std::make_unique<Sequential>(
-            std::vector<LayerPtr>{layers::Dense(32, "relu"), layers::Dropout(0.2f),
-                                  layers::Dense(16, "tanh"), layers::Dense(classes, "softmax")},
-            layers::Input({features}));
-        CompileOptions options;
-        options.device = device;
-        options.seed = 7;
-        options.log = nullptr;
-        model->compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
-                       options);
-        return model;
+        return compiled({layers::Dense(32, "relu"), layers::Dropout(0.2f),
+                         layers::Dense(16, "tanh"), layers::Dense(classes, "softmax")},
+                        {features}, device, /*seed=*/7);
     };
     std::unique_ptr<Sequential> on_cpu = build(DeviceChoice::kCpu);
     std::unique_ptr<Sequential> on_cuda = build(DeviceChoice::kCuda);
@@ -912,17 +932,7 @@ TEST_F(CudaVsCpuTest, FitOneEpochMatchesTheCpu) {
     }
 
     // the trained weights
-    const std::vector<LayerWeights> cpu_weights = on_cpu->get_weights();
-    const std::vector<LayerWeights> cuda_weights = on_cuda->get_weights();
-    ASSERT_EQ(cpu_weights.size(), cuda_weights.size());
-    for (size_t l = 0; l < cpu_weights.size(); ++l) {
-        ASSERT_EQ(cpu_weights[l].weights.size(), cuda_weights[l].weights.size());
-        for (size_t w = 0; w < cpu_weights[l].weights.size(); ++w) {
-            SCOPED_TRACE(cpu_weights[l].layer_name + "/" + cpu_weights[l].weights[w].name);
-            EXPECT_TRUE(matches_cpu(cpu_weights[l].weights[w].values,
-                                    cuda_weights[l].weights[w].values, 1e-5, 1e-4));
-        }
-    }
+    expect_weights_match(*on_cpu, *on_cuda, 1e-5, 1e-4);
 }
 
 // ---- step graphs (a stream capture instantiated as a CUDA graph) ------------------------------
@@ -950,15 +960,7 @@ void expect_graphs_match_eager(const std::function<std::unique_ptr<Sequential>(S
         EXPECT_TRUE(
             matches_cpu(eager_history.history.at(key), graph_history.history.at(key), 1e-6, 1e-6));
     }
-    const std::vector<LayerWeights> a = eager->get_weights();
-    const std::vector<LayerWeights> b = graphs->get_weights();
-    ASSERT_EQ(a.size(), b.size());
-    for (size_t l = 0; l < a.size(); ++l) {
-        for (size_t w = 0; w < a[l].weights.size(); ++w) {
-            SCOPED_TRACE(a[l].layer_name + "/" + a[l].weights[w].name);
-            EXPECT_TRUE(matches_cpu(a[l].weights[w].values, b[l].weights[w].values, 1e-6, 1e-5));
-        }
-    }
+    expect_weights_match(*eager, *graphs, 1e-6, 1e-5);
 }
 
 TEST_F(CudaVsCpuTest, StepGraphsReplayTheEagerFit) {
@@ -967,17 +969,9 @@ TEST_F(CudaVsCpuTest, StepGraphsReplayTheEagerFit) {
         testing::make_array({rows, features}, random_values(size_t(rows * features), 200));
     const data::Array y = testing::random_labels(rows, classes, 201);
     auto make = [&](StepGraphs graphs) {
-        auto model = std::make_unique<Sequential>(
-            std::vector<LayerPtr>{layers::Dense(32, "relu"), layers::Dropout(0.3f),
-                                  layers::Dense(16, "gelu"), layers::Dense(classes, "softmax")},
-            layers::Input({features}));
-        CompileOptions options;
-        options.device = DeviceChoice::kCuda;
-        options.log = nullptr;
-        options.step_graphs = graphs;
-        model->compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
-                       options);
-        return model;
+        return compiled({layers::Dense(32, "relu"), layers::Dropout(0.3f),
+                         layers::Dense(16, "gelu"), layers::Dense(classes, "softmax")},
+                        {features}, DeviceChoice::kCuda, 1, graphs);
     };
     FitArgs args;
     args.epochs = 3;
@@ -993,19 +987,11 @@ TEST_F(CudaVsCpuTest, StepGraphsCaptureTheCudnnOps) {
         testing::make_array({rows, 10, 10, 3}, random_values(size_t(rows * 300), 300, 0.0f, 1.0f));
     const data::Array y = testing::random_labels(rows, 4, 301);
     auto make = [&](StepGraphs graphs) {
-        auto model = std::make_unique<Sequential>(
-            std::vector<LayerPtr>{layers::Conv2D(8, {3, 3}, "relu", {1, 1}, "same"),
-                                  layers::BatchNormalization(), layers::MaxPooling2D({2, 2}),
-                                  layers::Conv2D(8, {3, 3}, "relu"), layers::Flatten(),
-                                  layers::Dropout(0.5f), layers::Dense(4, "softmax")},
-            layers::Input({10, 10, 3}));
-        CompileOptions options;
-        options.device = DeviceChoice::kCuda;
-        options.log = nullptr;
-        options.step_graphs = graphs;
-        model->compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
-                       options);
-        return model;
+        return compiled(
+            {layers::Conv2D(8, {3, 3}, "relu", {1, 1}, "same"), layers::BatchNormalization(),
+             layers::MaxPooling2D({2, 2}), layers::Conv2D(8, {3, 3}, "relu"), layers::Flatten(),
+             layers::Dropout(0.5f), layers::Dense(4, "softmax")},
+            {10, 10, 3}, DeviceChoice::kCuda, 1, graphs);
     };
     FitArgs args;
     args.epochs = 3;

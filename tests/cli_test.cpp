@@ -334,6 +334,29 @@ TEST_F(CliTest, TheRestOfKerassCallbacksFromTheCommandLine) {
         << p.output;
 }
 
+// The cnn preset's recipe adds ReduceLROnPlateau(factor 0.2, patience 2) to the default
+// callbacks; its own flags override it, and --reduce-lr-on-plateau=false leaves it out.
+TEST_F(CliTest, TheCnnPresetLowersTheRateOnAPlateau) {
+    // min_delta 10: no epoch counts as an improvement, so the patience of 2 runs out at epoch 3
+    const std::string cnn = fit() + " --data " + dir_.path() +
+                            " --model cnn --epochs 3 --verbose 1 --early-stopping none "
+                            "--reduce-lr-min-delta 10";
+    const Result r = run(cnn);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.find("Epoch 2: ReduceLROnPlateau"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("Epoch 3: ReduceLROnPlateau reducing learning rate to 0.0002"),
+              std::string::npos)
+        << r.output;
+    const Result factor = run(cnn + " --reduce-lr-factor 0.5 --reduce-lr-patience 1");
+    ASSERT_EQ(factor.status, 0) << factor.output;
+    EXPECT_NE(factor.output.find("Epoch 2: ReduceLROnPlateau reducing learning rate to 0.0005"),
+              std::string::npos)
+        << factor.output;
+    const Result none = run(cnn + " --reduce-lr-on-plateau=false");
+    ASSERT_EQ(none.status, 0) << none.output;
+    EXPECT_EQ(none.output.find("ReduceLROnPlateau"), std::string::npos) << none.output;
+}
+
 TEST_F(CliTest, ExampleProgramRuns) {
     const Result r = run(std::string(KILN_BINARY_DIR) + "/example_fashion_mnist 1 " + dir_.path());
     ASSERT_EQ(r.status, 0) << r.output;

@@ -172,9 +172,26 @@ struct CallbackFlags {
     int lr_decay_every = 10;
     int lr_decay_epochs = 0;  // 0: --epochs
     double lr_alpha = 0.0;
-    // Set after parsing: whether --checkpoint was given.
+    // Set after parsing: whether --checkpoint was given, and the ReduceLROnPlateau flags.
     bool checkpoint_given = false;
+    bool reduce_lr_given = false;
+    bool reduce_lr_factor_given = false;
+    bool reduce_lr_patience_given = false;
 };
+
+// The cnn preset's recipe: the default callbacks and ReduceLROnPlateau(factor=0.2, patience=2)
+// on the same monitor, which a flag of its own overrides (--reduce-lr-on-plateau=false for
+// none). It lowers the rate when val_loss stalls, before EarlyStopping's patience of 3 runs out.
+void apply_cnn_recipe(CallbackFlags* f) {
+    if (!f->lr_schedule.empty())
+        return;  // a schedule sets the rate instead
+    if (!f->reduce_lr_given)
+        f->reduce_lr = true;
+    if (!f->reduce_lr_factor_given)
+        f->reduce_lr_factor = 0.2;
+    if (!f->reduce_lr_patience_given)
+        f->reduce_lr_patience = 2;
+}
 
 void add_callback_flags(CLI::App* cmd, CallbackFlags* f) {
     const std::string mc = "Callbacks";
@@ -519,10 +536,19 @@ int run_fit(FitFlags f) {
     kiln::TrainingState resumed;
     if (!f.resume.empty()) {
         owned = resume_model(&f, &resumed);
+        if (!f.callbacks.reduce_lr &&
+            resumed.callbacks_state_json.find("\"ReduceLROnPlateau:") != std::string::npos) {
+            std::fprintf(stderr,
+                         "kiln: warning: %s was written by a run with ReduceLROnPlateau (the cnn "
+                         "preset adds it); without --reduce-lr-on-plateau and its arguments this "
+                         "fit continues without it\n",
+                         f.resume.c_str());
+        }
     } else if (f.model == "mlp") {
         config = default_mlp();
     } else if (f.model == "cnn") {
         config = kiln::presets::mnist_convnet();
+        apply_cnn_recipe(&f.callbacks);
     } else {
         kiln::throw_if_error(kiln::load_model_config(f.model, &config));
     }
@@ -811,8 +837,10 @@ int main(int argc, char** argv) {
     fit_cmd
         ->add_option("--model", fit.model,
                      "mlp (784-256-128-10, relu, softmax), cnn (Keras's simple MNIST convnet "
-                     "on 28x28x1 images: two Conv2D + MaxPooling2D, Dropout 0.5, Dense 10) or "
-                     "a Keras model JSON file (model.to_json())")
+                     "on 28x28x1 images: two Conv2D + MaxPooling2D, Dropout 0.5, Dense 10; its "
+                     "recipe adds ReduceLROnPlateau(factor 0.2, patience 2) to the default "
+                     "callbacks, --reduce-lr-on-plateau=false for none) or a Keras model JSON "
+                     "file (model.to_json())")
         ->capture_default_str();
     fit_cmd->add_option("--epochs", fit.epochs, "Epochs to train")
         ->capture_default_str()
@@ -927,6 +955,9 @@ int main(int argc, char** argv) {
 
     CLI11_PARSE(app, argc, argv);
     fit.callbacks.checkpoint_given = fit_cmd->count("--checkpoint") > 0;
+    fit.callbacks.reduce_lr_given = fit_cmd->count("--reduce-lr-on-plateau") > 0;
+    fit.callbacks.reduce_lr_factor_given = fit_cmd->count("--reduce-lr-factor") > 0;
+    fit.callbacks.reduce_lr_patience_given = fit_cmd->count("--reduce-lr-patience") > 0;
     fit.epochs_given = fit_cmd->count("--epochs") > 0;
     fit.batch_size_given = fit_cmd->count("--batch-size") > 0;
     fit.validation_split_given = fit_cmd->count("--validation-split") > 0;

@@ -66,12 +66,13 @@ std::unique_ptr<Sequential> make_model(const std::string& name) {
 }
 
 std::unique_ptr<Sequential> compile_model(const std::string& name, DeviceChoice device,
-                                          std::FILE* log, Precision precision) {
+                                          std::FILE* log, Precision precision, StepGraphs graphs) {
     std::unique_ptr<Sequential> model = make_model(name);
     CompileOptions options;
     options.device = device;
     options.log = log;
     options.precision = precision;
+    options.step_graphs = graphs;
     model->compile(optimizers::Adam(), losses::SparseCategoricalCrossentropy(), {"accuracy"},
                    options);
     return model;

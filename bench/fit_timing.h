@@ -55,7 +55,8 @@ std::unique_ptr<Sequential> make_model(const std::string& name);
 // cross-entropy, accuracy. `log` gets the device line ("kiln: using cpu ..."); null for silence.
 std::unique_ptr<Sequential> compile_model(const std::string& name, DeviceChoice device,
                                           std::FILE* log = stderr,
-                                          Precision precision = Precision::kFp32);
+                                          Precision precision = Precision::kFp32,
+                                          StepGraphs graphs = StepGraphs::kAuto);
 
 // FLOPs of one sample through the model, 2 per multiply-add, counting the Dense and Conv2D
 // layers (the rest is element-wise and far below them): `forward`, and `train` = forward +

@@ -181,9 +181,11 @@ class Suite {
     // A fit case, run once and kept. `checkpoint` is ModelCheckpoint's path; "-" is a fit
     // without one that is kept apart from the plain one ("").
     const Fitted& fit(const std::string& model, int64_t batch, bool sync_at_validation = false,
-                      const std::string& checkpoint = "", Precision precision = Precision::kFp32);
+                      const std::string& checkpoint = "", Precision precision = Precision::kFp32,
+                      StepGraphs graphs = StepGraphs::kAuto);
     Row fit_row(const std::string& id, const std::string& what, const std::string& model,
-                int64_t batch, Precision precision = Precision::kFp32);
+                int64_t batch, Precision precision = Precision::kFp32,
+                StepGraphs graphs = StepGraphs::kAuto);
     Row validation_row(const std::string& id, const std::string& model, int64_t batch);
     Row checkpoint_row();
     Row snapshot_row();
@@ -208,15 +210,16 @@ class Suite {
 };
 
 const Suite::Fitted& Suite::fit(const std::string& model, int64_t batch, bool sync_at_validation,
-                                const std::string& checkpoint, Precision precision) {
+                                const std::string& checkpoint, Precision precision,
+                                StepGraphs graphs) {
     const std::string key = model + "/" + std::to_string(batch) +
                             (sync_at_validation ? "/sync" : "") + "/" + checkpoint + "/" +
-                            precision_name(precision);
+                            precision_name(precision) + "/" + step_graphs_name(graphs);
     auto found = fitted_.find(key);
     if (found != fitted_.end())
         return found->second;
     Fitted f;
-    f.model = compile_model(model, device_, nullptr, precision);
+    f.model = compile_model(model, device_, nullptr, precision, graphs);
     FitTimingArgs args;
     args.batch_size = batch;
     args.warmup_epochs = o_.warmup_epochs;
@@ -228,8 +231,8 @@ const Suite::Fitted& Suite::fit(const std::string& model, int64_t batch, bool sy
 }
 
 Row Suite::fit_row(const std::string& id, const std::string& what, const std::string& model,
-                   int64_t batch, Precision precision) {
-    const Fitted& f = fit(model, batch, false, "", precision);
+                   int64_t batch, Precision precision, StepGraphs graphs) {
+    const Fitted& f = fit(model, batch, false, "", precision, graphs);
     const FitTiming& t = f.timing;
     const SampleFlops per_sample = sample_flops(*f.model);
     Row r;
@@ -544,7 +547,15 @@ int Suite::run(const std::set<std::string>& cases) {
         }
     };
     const auto one = [](Row r) { return std::vector<Row>{std::move(r)}; };
-    add("M1", [&] { return one(fit_row("M1", "MLP 784-256-128-10, Adam, float32", "mlp", 32)); });
+    add("M1", [&] {
+        std::vector<Row> rows = {fit_row("M1", "MLP 784-256-128-10, Adam, float32", "mlp", 32)};
+        // On a GPU, the same fit with every step queued op by op: what the step graphs save.
+        if (on_gpu_) {
+            rows.push_back(fit_row("M1 eager", "M1 without step graphs", "mlp", 32,
+                                   Precision::kFp32, StepGraphs::kOff));
+        }
+        return rows;
+    });
     add("M2", [&] {
         return std::vector<Row>{fit_row("M2 b256", "M1 at batch 256", "mlp", 256),
                                 fit_row("M2 b1024", "M1 at batch 1024", "mlp", 1024)};

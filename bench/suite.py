@@ -45,7 +45,7 @@ PEERS = {"mlp": os.path.join(BENCH, "peers", "torch_mlp.py"),
          "cnn": os.path.join(BENCH, "peers", "torch_cnn.py"),
          "micro": os.path.join(BENCH, "peers", "torch_micro.py")}
 # kiln's fit rows and the peer run that matches each: model, batch size, extra peer flags.
-FIT_PEERS = {"M1": ("mlp", 32), "M2 b256": ("mlp", 256), "M2 b1024": ("mlp", 1024),
+FIT_PEERS = {"M1": ("mlp", 32), "M1 eager": ("mlp", 32), "M2 b256": ("mlp", 256), "M2 b1024": ("mlp", 1024),
              "M3": ("mlp", 4096), "C1": ("cnn", 128), "K1": ("mlp", 32),
              "V1 mlp": ("mlp", 32), "V1 cnn": ("cnn", 128)}
 QUICK_SAMPLES = 6000  # as kiln bench --quick

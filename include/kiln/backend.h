@@ -165,8 +165,9 @@ class Backend {
     // the bias-gradient epilogue.
     virtual void dense_backward_weights(const View& x, const View& dz, const View& dw,
                                         const View& db, int64_t rows, int64_t k, int64_t cols);
-    // The dense_* calls that ran as one fused matmul, and those that fell back to separate
-    // ops (the CPU's are all separate), since construction.
+    // The dense_* calls that were queued as one fused matmul, and those that fell back to
+    // separate ops (the CPU's are all separate), since construction; a captured call counts
+    // once, however often its graph is replayed.
     uint64_t fused_gemms() const { return fused_gemms_; }
     uint64_t unfused_gemms() const { return unfused_gemms_; }
 

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -378,6 +379,68 @@ TEST(StepGraphFitTest, AnEvaluateInMidEpochLeavesTheEpochsSumsAlone) {
             EXPECT_TRUE(same_bits(r.weights, plain.weights));
         }
     }
+}
+
+// Stops the fit with a signal after a given batch of a given epoch.
+class InterruptAt : public Callback {
+  public:
+    InterruptAt(int epoch, int64_t batch) : epoch_(epoch), batch_(batch) {}
+    void on_epoch_begin(int epoch, const Logs&) override { current_ = epoch; }
+    void on_train_batch_end(int64_t batch, const Logs&) override {
+        if (current_ == epoch_ && batch == batch_)
+            request_interrupt(SIGINT);
+    }
+
+  private:
+    int epoch_ = 0, current_ = -1;
+    int64_t batch_ = 0;
+};
+
+// The callbacks that copy weights between replays (EarlyStopping's best-weights snapshot, its
+// restore at the end, ModelCheckpoint's staging every epoch) and a fit stopped by a signal in
+// mid-epoch and resumed from its checkpoint: with graphs, the eager run's bits throughout.
+TEST(StepGraphFitTest, SnapshotsCheckpointsAndAMidEpochResumeMatchTheEagerFit) {
+    testing::TempDir dir;
+    const Data d = vectors(200, 7, 5);
+    auto make = [&](StepGraphs g) { return mlp(optimizers::Adam(), g); };
+    auto with_callbacks = [&](const std::string& file) {
+        FitArgs a = quiet(5, 16);
+        callbacks::EarlyStoppingArgs es;
+        es.patience = 2;
+        es.restore_best_weights = true;
+        a.callbacks = {std::make_shared<callbacks::EarlyStopping>(es),
+                       std::make_shared<callbacks::ModelCheckpoint>(dir.file(file))};
+        return a;
+    };
+    const FitRun eager = fit_with(make, StepGraphs::kOff, d, with_callbacks("eager.h5"));
+    const FitRun graphs = fit_with(make, StepGraphs::kOn, d, with_callbacks("graphs.h5"));
+    ASSERT_TRUE(graphs.stats.enabled) << graphs.stats.off_reason;
+    expect_same_history(graphs.history, eager.history);
+    EXPECT_TRUE(same_bits(graphs.weights, eager.weights));
+    std::unique_ptr<Sequential> a = load_model(dir.file("eager.h5"), cpu(StepGraphs::kOff));
+    std::unique_ptr<Sequential> b = load_model(dir.file("graphs.h5"), cpu(StepGraphs::kOff));
+    EXPECT_TRUE(same_bits(all_weights(*a), all_weights(*b)));
+
+    // Interrupted after batch 4 of epoch 2, then resumed from the interrupt checkpoint, all
+    // with graphs: the bits of the eager run that was never stopped.
+    const FitRun whole = fit_with(make, StepGraphs::kOff, d, quiet(4, 16));
+    std::unique_ptr<Sequential> stopped = make(StepGraphs::kOn);
+    FitArgs args = quiet(4, 16);
+    args.interrupt_checkpoint = dir.file("interrupted.h5");
+    args.callbacks = {std::make_shared<InterruptAt>(/*epoch=*/1, /*batch=*/3)};
+    EXPECT_THROW(stopped->fit(d.x, d.y, args), Interrupted);
+    clear_interrupt();
+    EXPECT_GT(stopped->step_graph_stats().replays, 0);
+    std::unique_ptr<Sequential> resumed = make(StepGraphs::kOn);
+    TrainingState st;
+    ASSERT_TRUE(resumed->restore_training_state(dir.file("interrupted.h5"), &st).is_ok());
+    ASSERT_EQ(st.batch, 4);
+    FitArgs rest = quiet(4, 16);
+    rest.initial_epoch = st.epoch;
+    resumed->fit(d.x, d.y, rest);
+    EXPECT_GT(resumed->step_graph_stats().replays, 0);
+    EXPECT_TRUE(same_bits(all_weights(*resumed), whole.weights));
+    expect_same_history(resumed->run_history(), whole.history);
 }
 
 TEST(StepGraphFitTest, AutoIsOffOnTheCpuAndAResumedFitMatches) {

@@ -377,21 +377,6 @@ TEST(CheckpointResume, IsBitExactOnTheCpu) {
     }
 }
 
-// Asks fit to stop, as a SIGINT would, at the end of one batch of one epoch.
-class InterruptAt : public Callback {
-  public:
-    InterruptAt(int epoch, int64_t batch) : epoch_(epoch), batch_(batch) {}
-    void on_epoch_begin(int epoch, const Logs&) override { current_ = epoch; }
-    void on_train_batch_end(int64_t batch, const Logs&) override {
-        if (current_ == epoch_ && batch == batch_)
-            request_interrupt(SIGINT);
-    }
-
-  private:
-    int epoch_ = 0, current_ = -1;
-    int64_t batch_ = 0;
-};
-
 // Stopped by a signal within an epoch: fit finishes the batch, writes the interrupt checkpoint
 // with the epoch's running sums and throws; a new model resumed from that file ends exactly as
 // the run that never stopped, history included (the stopped epoch's logs come from the sums).
@@ -404,7 +389,7 @@ TEST(CheckpointResume, WithinAnEpochIsBitExact) {
     auto stopped = small_model(/*seed=*/7);
     FitArgs args = fit_args(4);
     args.interrupt_checkpoint = dir.file("interrupted.h5");
-    args.callbacks = {std::make_shared<InterruptAt>(/*epoch=*/1, /*batch=*/3)};
+    args.callbacks = {std::make_shared<testing::InterruptAt>(/*epoch=*/1, /*batch=*/3)};
     int code = 0;
     try {
         stopped->fit(data.x, data.y, args);
@@ -456,7 +441,7 @@ TEST(CheckpointResume, BackupAndRestoreContinuesAfterASignal) {
     auto first = small_model(/*seed=*/7);
     FitArgs args = fit_args(3);
     args.callbacks = {std::make_shared<callbacks::BackupAndRestore>(backups),
-                      std::make_shared<InterruptAt>(/*epoch=*/2, /*batch=*/6)};
+                      std::make_shared<testing::InterruptAt>(/*epoch=*/2, /*batch=*/6)};
     EXPECT_THROW(first->fit(data.x, data.y, args), Interrupted);
     clear_interrupt();
     CheckpointInfo info;

@@ -381,21 +381,6 @@ TEST(StepGraphFitTest, AnEvaluateInMidEpochLeavesTheEpochsSumsAlone) {
     }
 }
 
-// Stops the fit with a signal after a given batch of a given epoch.
-class InterruptAt : public Callback {
-  public:
-    InterruptAt(int epoch, int64_t batch) : epoch_(epoch), batch_(batch) {}
-    void on_epoch_begin(int epoch, const Logs&) override { current_ = epoch; }
-    void on_train_batch_end(int64_t batch, const Logs&) override {
-        if (current_ == epoch_ && batch == batch_)
-            request_interrupt(SIGINT);
-    }
-
-  private:
-    int epoch_ = 0, current_ = -1;
-    int64_t batch_ = 0;
-};
-
 // The callbacks that copy weights between replays (EarlyStopping's best-weights snapshot, its
 // restore at the end, ModelCheckpoint's staging every epoch) and a fit stopped by a signal in
 // mid-epoch and resumed from its checkpoint: with graphs, the eager run's bits throughout.
@@ -427,7 +412,7 @@ TEST(StepGraphFitTest, SnapshotsCheckpointsAndAMidEpochResumeMatchTheEagerFit) {
     std::unique_ptr<Sequential> stopped = make(StepGraphs::kOn);
     FitArgs args = quiet(4, 16);
     args.interrupt_checkpoint = dir.file("interrupted.h5");
-    args.callbacks = {std::make_shared<InterruptAt>(/*epoch=*/1, /*batch=*/3)};
+    args.callbacks = {std::make_shared<testing::InterruptAt>(/*epoch=*/1, /*batch=*/3)};
     EXPECT_THROW(stopped->fit(d.x, d.y, args), Interrupted);
     clear_interrupt();
     EXPECT_GT(stopped->step_graph_stats().replays, 0);

@@ -5,12 +5,15 @@
 #include <stdlib.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "kernels/math.h"
+#include "kiln/callbacks.h"
 #include "kiln/data.h"
+#include "kiln/interrupt.h"
 
 namespace kiln {
 namespace testing {
@@ -90,6 +93,21 @@ inline std::string fashion_mnist_dir() {
     const char* env = std::getenv("KILN_FASHION_MNIST_DIR");
     return env ? env : "/usr/share/datasets/fashion-mnist";
 }
+
+// Asks fit to stop, as a SIGINT would, at the end of one batch of one epoch.
+class InterruptAt : public Callback {
+  public:
+    InterruptAt(int epoch, int64_t batch) : epoch_(epoch), batch_(batch) {}
+    void on_epoch_begin(int epoch, const Logs&) override { current_ = epoch; }
+    void on_train_batch_end(int64_t batch, const Logs&) override {
+        if (current_ == epoch_ && batch == batch_)
+            request_interrupt(SIGINT);
+    }
+
+  private:
+    int epoch_ = 0, current_ = -1;
+    int64_t batch_ = 0;
+};
 
 }  // namespace testing
 }  // namespace kiln

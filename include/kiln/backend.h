@@ -18,6 +18,7 @@
 
 #include "kiln/conv_ops.h"
 #include "kiln/ops.h"
+#include "kiln/status.h"
 #include "kiln/tensor.h"
 
 namespace kiln {
@@ -278,6 +279,32 @@ class Backend {
     Precision precision_ = Precision::kFp32;
     bool capturing_ = false;
 };
+
+// The defaults are defined here, in the header, so that Backend has no key function: its
+// vtable and type information come with every file that uses it (the fuzz builds link a part
+// of kiln without src/backend.cpp).
+inline void Backend::refuse_while_capturing(const char* op) const {
+    if (capturing_) {
+        throw Error(std::string(op) +
+                    " while a step graph is being captured: a graph replays device work only "
+                    "(no host transfers, waits or allocations)");
+    }
+}
+
+inline void Backend::dense_forward(const View& x, const View& w, const View& bias, const View& y,
+                                   int64_t rows, int64_t k, int64_t cols, ActivationSpec act) {
+    gemm(false, false, rows, cols, k, 1.0f, x, w, 0.0f, y);
+    bias_activation_forward(y, bias, y, rows, cols, act);
+    ++unfused_gemms_;
+}
+
+inline void Backend::dense_backward_weights(const View& x, const View& dz, const View& dw,
+                                            const View& db, int64_t rows, int64_t k, int64_t cols) {
+    gemm(true, false, k, cols, rows, 1.0f, x, dz, 0.0f, dw);
+    if (db.data != nullptr)
+        bias_grad(dz, db, rows, cols);
+    ++unfused_gemms_;
+}
 
 enum class DeviceChoice { kAuto, kCuda, kCpu };
 

@@ -394,13 +394,13 @@ class CpuBackend final : public Backend {
         std::memcpy(dst, src, bytes);
     }
     void copy(void* dst, const void* src, size_t bytes) override {
-        if (record([=] { copy(dst, src, bytes); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { copy(dst, src, bytes); });
         std::memcpy(dst, src, bytes);
     }
     void fill_zero(const View& x) override {
-        if (record([=] { fill_zero(x); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { fill_zero(x); });
         std::memset(x.data, 0, x.bytes());
     }
     bool peek(void* dst, const void* src, size_t bytes) override {
@@ -419,8 +419,8 @@ class CpuBackend final : public Backend {
     // ---- dense algebra --------------------------------------------------------------------
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
               const View& a, const View& b, float beta, const View& c) override {
-        if (record([=] { gemm(trans_a, trans_b, m, n, k, alpha, a, b, beta, c); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { gemm(trans_a, trans_b, m, n, k, alpha, a, b, beta, c); });
         if (m == 0 || n == 0)
             return;
         FlushDenormals ftz;
@@ -435,8 +435,8 @@ class CpuBackend final : public Backend {
     // ---- element-wise and row-wise ops ------------------------------------------------------
     void bias_activation_forward(const View& z, const View& bias, const View& y, int64_t rows,
                                  int64_t cols, ActivationSpec act) override {
-        if (record([=] { bias_activation_forward(z, bias, y, rows, cols, act); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { bias_activation_forward(z, bias, y, rows, cols, act); });
         FlushDenormals ftz;
         dispatch(z, "bias_activation_forward", [&](auto t) {
             using T = decltype(t);
@@ -466,8 +466,8 @@ class CpuBackend final : public Backend {
 
     void activation_backward(const View& z, const View& y, const View& dy, const View& dz,
                              int64_t rows, int64_t cols, ActivationSpec act) override {
-        if (record([=] { activation_backward(z, y, dy, dz, rows, cols, act); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { activation_backward(z, y, dy, dz, rows, cols, act); });
         FlushDenormals ftz;
         dispatch(dy, "activation_backward", [&](auto t) {
             using T = decltype(t);
@@ -498,8 +498,8 @@ class CpuBackend final : public Backend {
     }
 
     void bias_grad(const View& dz, const View& db, int64_t rows, int64_t cols) override {
-        if (record([=] { bias_grad(dz, db, rows, cols); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { bias_grad(dz, db, rows, cols); });
         FlushDenormals ftz;
         dispatch(dz, "bias_grad", [&](auto t) {
             using T = decltype(t);
@@ -516,8 +516,9 @@ class CpuBackend final : public Backend {
 
     void loss(const LossSpec& spec, const View& pred, const View& y_true, const View& grad,
               int64_t rows, int64_t cols, int64_t grad_rows, const View& acc, int slot) override {
-        if (record([=] { loss(spec, pred, y_true, grad, rows, cols, grad_rows, acc, slot); }))
-            return;
+        if (recording_ != nullptr)
+            return record(
+                [=] { loss(spec, pred, y_true, grad, rows, cols, grad_rows, acc, slot); });
         FlushDenormals ftz;
         dispatch(pred, "loss", [&](auto t) {
             using T = decltype(t);
@@ -543,8 +544,8 @@ class CpuBackend final : public Backend {
 
     void dropout_forward(const View& x, const View& y, const View& mask, int64_t n, float rate,
                          uint64_t seed, uint64_t counter) override {
-        if (record([=] { dropout_forward(x, y, mask, n, rate, seed, counter); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { dropout_forward(x, y, mask, n, rate, seed, counter); });
         FlushDenormals ftz;
         dispatch(x, "dropout_forward", [&](auto t) {
             using T = decltype(t);
@@ -563,8 +564,8 @@ class CpuBackend final : public Backend {
     }
 
     void multiply(const View& a, const View& b, const View& out, int64_t n) override {
-        if (record([=] { multiply(a, b, out, n); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { multiply(a, b, out, n); });
         FlushDenormals ftz;
         dispatch(a, "multiply", [&](auto t) {
             using T = decltype(t);
@@ -581,8 +582,8 @@ class CpuBackend final : public Backend {
     // ---- optimizer ------------------------------------------------------------------------
     void optimizer_update(const OptimizerStep& step, const View& params, const View& grads,
                           const View& state, int64_t n) override {
-        if (record([=] { optimizer_update(step, params, grads, state, n); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { optimizer_update(step, params, grads, state, n); });
         FlushDenormals ftz;
         dispatch(params, "optimizer_update", [&](auto t) {
             using T = decltype(t);
@@ -592,8 +593,8 @@ class CpuBackend final : public Backend {
 
     // ---- data -----------------------------------------------------------------------------
     void permutation(const View& perm, int64_t n, uint64_t seed, uint64_t stream) override {
-        if (record([=] { permutation(perm, n, seed, stream); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { permutation(perm, n, seed, stream); });
         if (perm.dtype != DType::kInt32)
             throw Error("permutation: perm must be int32");
         std::vector<std::pair<uint64_t, int32_t>> keyed(static_cast<size_t>(n));
@@ -608,8 +609,8 @@ class CpuBackend final : public Backend {
 
     void gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
                      int64_t cols, const View& dst) override {
-        if (record([=] { gather_rows(src, index, offset, count, cols, dst); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { gather_rows(src, index, offset, count, cols, dst); });
         const size_t row_bytes = static_cast<size_t>(cols) * dtype_size(src.dtype);
         const int32_t* idx = index.as<int32_t>() + offset;
         const char* s = static_cast<const char*>(src.data);
@@ -622,8 +623,8 @@ class CpuBackend final : public Backend {
     // ---- convolution, pooling, normalisation (cpu_conv.cpp) ------------------------------
     void conv2d_forward(const Conv2DGeometry& g, const View& x, const View& kernel,
                         const View& bias, ActivationSpec act, const View& y) override {
-        if (record([=] { conv2d_forward(g, x, kernel, bias, act, y); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { conv2d_forward(g, x, kernel, bias, act, y); });
         FlushDenormals ftz;
         dispatch(y, "conv2d_forward", [&](auto t) {
             using T = decltype(t);
@@ -636,8 +637,8 @@ class CpuBackend final : public Backend {
     }
     void conv2d_backward_data(const Conv2DGeometry& g, const View& dy, const View& kernel,
                               const View& dx) override {
-        if (record([=] { conv2d_backward_data(g, dy, kernel, dx); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { conv2d_backward_data(g, dy, kernel, dx); });
         FlushDenormals ftz;
         dispatch(dx, "conv2d_backward_data", [&](auto t) {
             using T = decltype(t);
@@ -650,8 +651,8 @@ class CpuBackend final : public Backend {
     }
     void conv2d_backward_filter(const Conv2DGeometry& g, const View& x, const View& dy,
                                 const View& dkernel) override {
-        if (record([=] { conv2d_backward_filter(g, x, dy, dkernel); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { conv2d_backward_filter(g, x, dy, dkernel); });
         FlushDenormals ftz;
         dispatch(dkernel, "conv2d_backward_filter", [&](auto t) {
             using T = decltype(t);
@@ -663,8 +664,8 @@ class CpuBackend final : public Backend {
         });
     }
     void pool2d_forward(const Pool2DGeometry& g, const View& x, const View& y) override {
-        if (record([=] { pool2d_forward(g, x, y); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { pool2d_forward(g, x, y); });
         FlushDenormals ftz;
         dispatch(y, "pool2d_forward", [&](auto t) {
             using T = decltype(t);
@@ -673,8 +674,8 @@ class CpuBackend final : public Backend {
     }
     void pool2d_backward(const Pool2DGeometry& g, const View& x, const View& y, const View& dy,
                          const View& dx) override {
-        if (record([=] { pool2d_backward(g, x, y, dy, dx); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { pool2d_backward(g, x, y, dy, dx); });
         (void)y;  // the CPU finds each window's largest cell in x again
         FlushDenormals ftz;
         dispatch(dx, "pool2d_backward", [&](auto t) {
@@ -686,11 +687,11 @@ class CpuBackend final : public Backend {
                                      const View& beta, const View& y, const View& moving_mean,
                                      const View& moving_variance, const View& saved_mean,
                                      const View& saved_inv_std) override {
-        if (record([=] {
+        if (recording_ != nullptr)
+            return record([=] {
                 batch_norm_forward_training(g, x, gamma, beta, y, moving_mean, moving_variance,
                                             saved_mean, saved_inv_std);
-            }))
-            return;
+            });
         FlushDenormals ftz;
         dispatch(y, "batch_norm_forward_training", [&](auto t) {
             using T = decltype(t);
@@ -703,10 +704,10 @@ class CpuBackend final : public Backend {
     void batch_norm_forward_inference(const BatchNormGeometry& g, const View& x, const View& gamma,
                                       const View& beta, const View& moving_mean,
                                       const View& moving_variance, const View& y) override {
-        if (record([=] {
+        if (recording_ != nullptr)
+            return record([=] {
                 batch_norm_forward_inference(g, x, gamma, beta, moving_mean, moving_variance, y);
-            }))
-            return;
+            });
         FlushDenormals ftz;
         dispatch(y, "batch_norm_forward_inference", [&](auto t) {
             using T = decltype(t);
@@ -718,10 +719,10 @@ class CpuBackend final : public Backend {
     void batch_norm_backward(const BatchNormGeometry& g, const View& x, const View& dy,
                              const View& gamma, const View& saved_mean, const View& saved_inv_std,
                              const View& dx, const View& dgamma, const View& dbeta) override {
-        if (record([=] {
+        if (recording_ != nullptr)
+            return record([=] {
                 batch_norm_backward(g, x, dy, gamma, saved_mean, saved_inv_std, dx, dgamma, dbeta);
-            }))
-            return;
+            });
         FlushDenormals ftz;
         dispatch(dx, "batch_norm_backward", [&](auto t) {
             using T = decltype(t);
@@ -754,28 +755,28 @@ class CpuBackend final : public Backend {
 
     void gather_batch(const View& src, const View& index, const View& scalars, int64_t batch_size,
                       int64_t count, int64_t cols, const View& dst) override {
-        if (record([=] { gather_batch(src, index, scalars, batch_size, count, cols, dst); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { gather_batch(src, index, scalars, batch_size, count, cols, dst); });
         gather_rows(src, index, step_scalars(scalars).batch * batch_size, count, cols, dst);
     }
 
     void dropout_forward_step(const View& x, const View& y, const View& mask, int64_t n, float rate,
                               uint64_t seed, const View& scalars) override {
-        if (record([=] { dropout_forward_step(x, y, mask, n, rate, seed, scalars); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { dropout_forward_step(x, y, mask, n, rate, seed, scalars); });
         dropout_forward(x, y, mask, n, rate, seed, uint64_t(step_scalars(scalars).iteration));
     }
 
     void optimizer_update_step(const OptimizerStep& hyper, const View& scalars, const View& params,
                                const View& grads, const View& state, int64_t n) override {
-        if (record([=] { optimizer_update_step(hyper, scalars, params, grads, state, n); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { optimizer_update_step(hyper, scalars, params, grads, state, n); });
         optimizer_update(math::with_scalars(hyper, step_scalars(scalars)), params, grads, state, n);
     }
 
     void advance_step(const OptimizerStep& hyper, const View& scalars) override {
-        if (record([=] { advance_step(hyper, scalars); }))
-            return;
+        if (recording_ != nullptr)
+            return record([=] { advance_step(hyper, scalars); });
         math::advance_step(hyper, &step_scalars(scalars));
     }
 
@@ -794,14 +795,12 @@ class CpuBackend final : public Backend {
         std::vector<std::function<void()>> ops_;
     };
 
-    // While a capture records, keeps `op` (a closure over the call's arguments, copied) and
-    // returns true; the op returns at once and runs when the graph is replayed.
+    // While a capture records (recording_ set), an op keeps itself as a closure over its
+    // arguments, copied, and returns at once; it runs when the graph is replayed. The check
+    // comes first so that an eager call copies nothing.
     template <typename Op>
-    bool record(Op&& op) {
-        if (recording_ == nullptr)
-            return false;
+    void record(Op&& op) {
         recording_->emplace_back(std::forward<Op>(op));
-        return true;
     }
 
     static StepScalars& step_scalars(const View& scalars) {

@@ -1252,12 +1252,14 @@ TEST(CSVLoggerTest, AppendWritesTheHeaderOnceAndTheSeparator) {
 // ---- TerminateOnNaN, LambdaCallback ------------------------------------------------------
 
 TEST(TerminateOnNaNTest, StopsWithinTheEpoch) {
-    // Every input NaN: the first batch's loss is NaN, the peeked running loss too; the run
-    // stops after that one step, with Keras's message (batch index 0-based, as Keras prints).
+    // Inputs near float32's largest value (finite: fit refuses NaN inputs): the products
+    // overflow, the logits are infinite, and the first batch's loss is NaN, the peeked running
+    // loss too; the run stops after that one step, with Keras's message (batch index 0-based,
+    // as Keras prints).
     const Toy t = toy(64);
     data::Array bad = t.x;
-    for (float& v : bad.values)
-        v = std::numeric_limits<float>::quiet_NaN();
+    for (size_t i = 0; i < bad.values.size(); ++i)
+        bad.values[i] = i % 2 ? 3e38f : -3e38f;
     // No relu, which would turn the NaNs into zeros.
     auto m = std::make_unique<Sequential>(std::vector<LayerPtr>{layers::Dense(3, "softmax")},
                                           layers::Input({6}));

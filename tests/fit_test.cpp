@@ -251,7 +251,48 @@ TEST(FitTest, BadInputIsRejectedBeforeTraining) {
     FitArgs split = quiet(1);
     split.validation_split = 1.5;
     EXPECT_THROW(m->fit(t.x, t.y, split), Error);
+    // A NaN or an infinity in the inputs, named by sample and value, in fit and in predict.
+    data::Array missing = t.x;
+    missing.values[3 * 6 + 2] = std::nanf("");
+    missing.source = "x.npy";
+    for (int call = 0; call < 2; ++call) {
+        try {
+            if (call == 0)
+                m->fit(missing, t.y, quiet(1));
+            else
+                m->predict(missing);
+            FAIL() << "a NaN input was accepted";
+        } catch (const Error& e) {
+            const std::string msg = e.what();
+            EXPECT_NE(msg.find("x.npy): sample 3, value 2 is nan"), std::string::npos) << msg;
+        }
+    }
+    missing.values[3 * 6 + 2] = 0.5f;
+    missing.values[9 * 6 + 5] = -INFINITY;
+    try {
+        m->fit(missing, t.y, quiet(1));
+        FAIL() << "an infinite input was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("sample 9, value 5 is -inf"), std::string::npos)
+            << e.what();
+    }
     EXPECT_EQ(m->flat_parameters(), before);  // nothing trained
+}
+
+TEST(FitTest, NonFiniteRegressionTargetsAreRejected) {
+    auto m =
+        std::make_unique<Sequential>(std::vector<LayerPtr>{layers::Dense(2)}, layers::Input({3}));
+    m->compile(optimizers::SGD(), losses::MeanSquaredError(), {}, cpu());
+    const data::Array x = make_array({4, 3}, random_values(12, 5));
+    std::vector<float> targets(8, 0.25f);
+    targets[5] = std::nanf("");
+    try {
+        m->fit(x, make_array({4, 2}, targets, "y.npy"), quiet(1));
+        FAIL() << "a NaN target was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("y.npy): sample 2, value 1 is nan"), std::string::npos)
+            << e.what();
+    }
 }
 
 TEST(FitTest, EveryOptimizerTrains) {

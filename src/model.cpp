@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <map>
@@ -442,11 +441,8 @@ int64_t first_non_finite(const std::vector<float>& v) {
     for (size_t begin = 0; begin < v.size(); begin += kChunk) {
         const size_t end = std::min(v.size(), begin + kChunk);
         uint32_t bad = 0;
-        for (size_t i = begin; i < end; ++i) {
-            uint32_t bits;
-            std::memcpy(&bits, &v[i], sizeof(bits));
-            bad |= uint32_t((bits & kExponent) == kExponent);
-        }
+        for (size_t i = begin; i < end; ++i)
+            bad |= uint32_t((math::float_bits(v[i]) & kExponent) == kExponent);
         if (bad) {
             for (size_t i = begin; i < end; ++i) {
                 if (!std::isfinite(v[i]))
@@ -981,13 +977,14 @@ History Sequential::fit(const data::Array& x, const data::Array& y, const FitArg
                 // figures are asked for at most every kPeekInterval (and at an epoch's last
                 // batch); between peeks the callbacks get the newest figures seen. On the CPU a
                 // peek is a memcpy of 24 bytes, and every batch gets its own.
-                const auto now = std::chrono::steady_clock::now();
-                if (b.kind() != DeviceKind::kCuda || now - last_peek >= kPeekInterval ||
-                    step + 1 == steps) {
+                const bool throttled = b.kind() == DeviceKind::kCuda;
+                if (!throttled || step + 1 == steps ||
+                    std::chrono::steady_clock::now() - last_peek >= kPeekInterval) {
                     double running[AccumulatorSlots::kPerSet];
                     if (b.peek(running, acc.data, sizeof(running)))
                         peeked_logs = logs_from(running, 0, "");
-                    last_peek = now;
+                    if (throttled)
+                        last_peek = std::chrono::steady_clock::now();
                 }
                 batch_logs = peeked_logs;
             }

@@ -356,6 +356,14 @@ class CudaBackend final : public Backend {
     void set_cublas_math(cublasMath_t mode);
     // The cuBLASLt matmul for a shape and epilogue in the current precision, made at its first
     // use (an eager step, before any capture); null when cuBLASLt has no algorithm for it.
+    // The ops with per-step values, shared by the host-valued form and the step form (whose
+    // `scalars` are read on the device; null for the host-valued one). `op` names the caller.
+    void gather(const char* op, const View& src, const View& index, int64_t offset, int64_t count,
+                int64_t cols, const View& dst, const StepScalars* scalars, int64_t batch_size);
+    void dropout(const char* op, const View& x, const View& y, const View& mask, int64_t n,
+                 float rate, uint64_t seed, uint64_t counter, const StepScalars* scalars);
+    void update(const char* op, const OptimizerStep& step, const View& params, const View& grads,
+                const View& state, int64_t n, const StepScalars* scalars);
     LtMatmul* lt_matmul(cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, int64_t lda,
                         int64_t ldb, int64_t ldd, cublasLtEpilogue_t epilogue);
 
@@ -917,11 +925,16 @@ void CudaBackend::loss(const LossSpec& spec, const View& pred, const View& y_tru
 
 void CudaBackend::dropout_forward(const View& x, const View& y, const View& mask, int64_t n,
                                   float rate, uint64_t seed, uint64_t counter) {
-    require_f32("dropout_forward", "x", x);
-    require_f32("dropout_forward", "y", y);
-    require_f32_or_null("dropout_forward", "mask", mask);
+    dropout("dropout_forward", x, y, mask, n, rate, seed, counter, nullptr);
+}
+
+void CudaBackend::dropout(const char* op, const View& x, const View& y, const View& mask, int64_t n,
+                          float rate, uint64_t seed, uint64_t counter, const StepScalars* scalars) {
+    require_f32(op, "x", x);
+    require_f32(op, "y", y);
+    require_f32_or_null(op, "mask", mask);
     kernels::dropout_forward(stream(), x.as<const float>(), y.as<float>(), mask.as<float>(), n,
-                             rate, seed, counter);
+                             rate, seed, counter, scalars);
 }
 
 void CudaBackend::multiply(const View& a, const View& b, const View& out, int64_t n) {
@@ -935,11 +948,17 @@ void CudaBackend::multiply(const View& a, const View& b, const View& out, int64_
 
 void CudaBackend::optimizer_update(const OptimizerStep& step, const View& params, const View& grads,
                                    const View& state, int64_t n) {
-    require_f32("optimizer_update", "params", params);
-    require_f32("optimizer_update", "grads", grads);
-    require_f32_or_null("optimizer_update", "state", state);
+    update("optimizer_update", step, params, grads, state, n, nullptr);
+}
+
+void CudaBackend::update(const char* op, const OptimizerStep& step, const View& params,
+                         const View& grads, const View& state, int64_t n,
+                         const StepScalars* scalars) {
+    require_f32(op, "params", params);
+    require_f32(op, "grads", grads);
+    require_f32_or_null(op, "state", state);
     kernels::optimizer_update(stream(), step, params.as<float>(), grads.as<const float>(),
-                              state.as<float>(), n);
+                              state.as<float>(), n, scalars);
 }
 
 // ---- data --------------------------------------------------------------------------------------
@@ -962,15 +981,21 @@ void CudaBackend::permutation(const View& perm, int64_t n, uint64_t seed, uint64
 
 void CudaBackend::gather_rows(const View& src, const View& index, int64_t offset, int64_t count,
                               int64_t cols, const View& dst) {
-    require_dtype("gather_rows", "index", index, DType::kInt32);
+    gather("gather_rows", src, index, offset, count, cols, dst, nullptr, 0);
+}
+
+void CudaBackend::gather(const char* op, const View& src, const View& index, int64_t offset,
+                         int64_t count, int64_t cols, const View& dst, const StepScalars* scalars,
+                         int64_t batch_size) {
+    require_dtype(op, "index", index, DType::kInt32);
     if (dst.dtype != src.dtype) {
-        throw Error(std::string("cuda backend: gather_rows: src has dtype ") +
+        throw Error(std::string("cuda backend: ") + op + ": src has dtype " +
                     dtype_name(src.dtype) + " but dst has " + dtype_name(dst.dtype));
     }
     // The source's row count bounds the indices when its view has a shape.
     const int64_t src_rows = (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
     kernels::gather_rows(stream(), src.data, src_rows, index.as<const int32_t>(), offset, count,
-                         cols, dtype_size(src.dtype), dst.data);
+                         cols, dtype_size(src.dtype), dst.data, scalars, batch_size);
 }
 
 // ---- step graphs -------------------------------------------------------------------------------
@@ -1061,35 +1086,21 @@ std::unique_ptr<StepGraph> CudaBackend::capture(const std::function<void()>& bod
 
 void CudaBackend::gather_batch(const View& src, const View& index, const View& scalars,
                                int64_t batch_size, int64_t count, int64_t cols, const View& dst) {
-    require_dtype("gather_batch", "index", index, DType::kInt32);
-    if (dst.dtype != src.dtype) {
-        throw Error(std::string("cuda backend: gather_batch: src has dtype ") +
-                    dtype_name(src.dtype) + " but dst has " + dtype_name(dst.dtype));
-    }
-    const int64_t src_rows = (src.shape.empty() || cols <= 0) ? INT64_MAX : src.elements() / cols;
-    kernels::gather_rows(stream(), src.data, src_rows, index.as<const int32_t>(), 0, count, cols,
-                         dtype_size(src.dtype), dst.data, device_scalars("gather_batch", scalars),
-                         batch_size);
+    gather("gather_batch", src, index, 0, count, cols, dst, device_scalars("gather_batch", scalars),
+           batch_size);
 }
 
 void CudaBackend::dropout_forward_step(const View& x, const View& y, const View& mask, int64_t n,
                                        float rate, uint64_t seed, const View& scalars) {
-    require_f32("dropout_forward_step", "x", x);
-    require_f32("dropout_forward_step", "y", y);
-    require_f32_or_null("dropout_forward_step", "mask", mask);
-    kernels::dropout_forward(stream(), x.as<const float>(), y.as<float>(), mask.as<float>(), n,
-                             rate, seed, 0, device_scalars("dropout_forward_step", scalars));
+    dropout("dropout_forward_step", x, y, mask, n, rate, seed, 0,
+            device_scalars("dropout_forward_step", scalars));
 }
 
 void CudaBackend::optimizer_update_step(const OptimizerStep& hyper, const View& scalars,
                                         const View& params, const View& grads, const View& state,
                                         int64_t n) {
-    require_f32("optimizer_update_step", "params", params);
-    require_f32("optimizer_update_step", "grads", grads);
-    require_f32_or_null("optimizer_update_step", "state", state);
-    kernels::optimizer_update(stream(), hyper, params.as<float>(), grads.as<const float>(),
-                              state.as<float>(), n,
-                              device_scalars("optimizer_update_step", scalars));
+    update("optimizer_update_step", hyper, params, grads, state, n,
+           device_scalars("optimizer_update_step", scalars));
 }
 
 void CudaBackend::advance_step(const OptimizerStep& hyper, const View& scalars) {
